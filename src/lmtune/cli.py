@@ -1,0 +1,168 @@
+"""The `lmtune` command: each command parses its options and calls into the packages."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmtune.errors import LmtuneError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune open causal language models from one YAML config, then chat with them and generate.",
+)
+console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs.")):
+    _state["debug"] = debug
+    _setup_logging(debug)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Run config (YAML or JSON)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.learning_rate=1e-4"),
+):
+    """Fine-tune a model as the config says; results go to train.output_dir."""
+    from lmtune.config import load_config
+    from lmtune.train.run import train as run_training
+
+    result = run_training(load_config(config, overrides or []))
+    console.print(f"[green]done[/]: {result.report.summary()}")
+    console.print(f"final training loss {result.final_loss:.4f}")
+    console.print(f"outputs in {result.output_dir} (loss curve: {result.loss_plot})")
+
+
+def _engine_options(model, adapter, template, max_new_tokens, temperature, repetition_penalty, batch_size=None):
+    from lmtune.config import GenerateConfig, load_run_config
+    from lmtune.infer.engine import load_engine
+
+    run = load_run_config(adapter or model) if (adapter or model) else None
+    settings = (run.generate if run else GenerateConfig()).model_copy()
+    for name, value in dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        repetition_penalty=repetition_penalty,
+        batch_size=batch_size,
+    ).items():
+        if value is not None:
+            setattr(settings, name, value)
+    return load_engine(model, adapter, template, settings)
+
+
+MODEL = typer.Option(None, "--model", help="Base model folder (default: the one the adapter was trained on).")
+ADAPTER = typer.Option(None, "--adapter", help="Adapter folder written by `lmtune train`.")
+TEMPLATE = typer.Option(None, "--template", help="Prompt template (default: the one used in training).")
+MAX_NEW = typer.Option(None, "--max-new-tokens", help="Most tokens per answer.")
+TEMPERATURE = typer.Option(None, "--temperature", help="0 = greedy decoding.")
+REPETITION = typer.Option(None, "--repetition-penalty", help="1.0 = no penalty.")
+
+
+@app.command()
+def chat(
+    model: Optional[str] = MODEL,
+    adapter: Optional[str] = ADAPTER,
+    template: Optional[str] = TEMPLATE,
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    max_new_tokens: Optional[int] = MAX_NEW,
+    temperature: Optional[float] = TEMPERATURE,
+    repetition_penalty: Optional[float] = REPETITION,
+):
+    """Talk to a model in the terminal; answers stream as they are generated."""
+    from lmtune.infer.chat import chat_loop
+
+    if not (model or adapter):
+        raise LmtuneError("pass --model DIR, --adapter DIR, or both")
+    engine = _engine_options(model, adapter, template, max_new_tokens, temperature, repetition_penalty)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat_loop(engine, input, write, system)
+
+
+@app.command()
+def generate(
+    data: Path = typer.Option(..., "--data", help="Records to answer (alpaca .json/.jsonl)."),
+    out: Path = typer.Option(..., "--out", help="Output .jsonl: every input field plus `prediction`."),
+    model: Optional[str] = MODEL,
+    adapter: Optional[str] = ADAPTER,
+    template: Optional[str] = TEMPLATE,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Records per batch."),
+    max_new_tokens: Optional[int] = MAX_NEW,
+    temperature: Optional[float] = TEMPERATURE,
+    repetition_penalty: Optional[float] = REPETITION,
+):
+    """Answer every record of a data file in batches."""
+    from rich.progress import Progress
+
+    from lmtune.data.readers import read_records
+    from lmtune.infer.generate import generate_file
+
+    if not (model or adapter):
+        raise LmtuneError("pass --model DIR, --adapter DIR, or both")
+    total = sum(1 for _ in read_records(data))
+    engine = _engine_options(
+        model, adapter, template, max_new_tokens, temperature, repetition_penalty, batch_size
+    )
+    with Progress(console=console) as progress:
+        task = progress.add_task("generating", total=total)
+        count = generate_file(engine, data, out, engine.settings.batch_size, lambda n: progress.advance(task, n))
+    console.print(f"wrote {count} predictions to {out}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's models and results."),
+    questions: int = typer.Option(20, "--questions", help="How many training questions to ask."),
+):
+    """Train a tiny bilingual model on the bundled data (CPU, a few minutes) and quiz it."""
+    from lmtune.demo import run_demo
+
+    result = run_demo(out, questions, log=console.print)
+    table = Table("#", "question", "expected", "model's answer", "ok", show_lines=False)
+    for i, (question, expected, answer) in enumerate(result.rows, 1):
+        table.add_row(str(i), question, expected, answer, "[green]✓[/]" if answer == expected else "[red]✗[/]")
+    Console().print(table)
+    needed = -(-len(result.rows) * 9 // 10)  # 90%, e.g. 18 of 20
+    verdict = "[green]passed[/]" if result.matches >= needed else "[red]failed[/]"
+    console.print(
+        f"{result.matches}/{len(result.rows)} exact answers (need {needed}): {verdict} in {result.seconds:.0f}s\n"
+        f"loss curves: {out / 'base' / 'loss.png'}, {out / 'sft' / 'loss.png'}; adapter: {out / 'sft'}\n"
+        f"try it: lmtune chat --adapter {out / 'sft'}"
+    )
+    if result.matches < needed:
+        raise typer.Exit(1)
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    logging.getLogger("lmtune").setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+
+
+def main() -> None:
+    try:
+        app()
+    except LmtuneError as exc:
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,243 @@
+"""The one run config: YAML/JSON file + dotted overrides → validated pydantic models.
+
+Every section is declared once here. The `train` section takes Hugging Face
+`TrainingArguments` names as they are; only the defaults lmtune changes are listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lmtune.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(description="Local Hugging Face model folder (config.json + weights).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto = fp32 on CPU, bf16 on GPUs that support it, else fp16."
+    )
+    trust_remote_code: bool = Field(False, description="Run modelling code shipped in the model folder.")
+
+
+class DataConfig(Section):
+    path: list[str] = Field(description="A data file, or a list of files (.json array or .jsonl).")
+    format: Literal["auto", "alpaca", "text"] = Field(
+        "auto", description="Record format; auto detects it from each file's first record."
+    )
+    template: str = Field("alpaca", description="Prompt template name (`lmtune templates`).")
+    cutoff_len: int = Field(1024, gt=1, description="Maximum tokens per sample, prompt and response together.")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class LoraConfig(Section):
+    r: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="Modules to adapt: every linear layer of the blocks, or a list of names."
+    )
+
+
+class FinetuneConfig(Section):
+    method: Literal["lora", "full"] = Field("lora", description="What to train: LoRA adapters or every weight.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (method: lora).")
+
+
+class TrainConfig(BaseModel):
+    """Hugging Face `TrainingArguments`; any of its fields may be given here."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    output_dir: str = Field(description="Where the adapter, tokenizer, run.yaml, metrics.jsonl and loss.png go.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler_type: str = Field("cosine", description="Schedule after warm-up.")
+    warmup_ratio: float = Field(
+        0.03, ge=0, lt=1, description="Share of steps spent warming up (passed as a fractional warmup_steps)."
+    )
+    num_train_epochs: float = Field(3.0, gt=0, description="Epochs, unless max_steps is set.")
+    logging_steps: float = Field(10, gt=0, description="Steps between metric lines.")
+    save_strategy: str = Field("no", description="Checkpoints during training: no | steps | epoch.")
+    report_to: str | list[str] = Field("none", description="Experiment trackers (tensorboard, wandb, ...).")
+    seed: int = Field(42, description="Seed for model init, data order and dropout.")
+
+    def training_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for `transformers.TrainingArguments`."""
+        args = self.model_dump()
+        ratio = args.pop("warmup_ratio")
+        args.setdefault("warmup_steps", ratio)  # an explicit warmup_steps wins
+        return args
+
+
+class GenerateConfig(Section):
+    max_new_tokens: int = Field(512, gt=0, description="Most tokens generated per answer.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 means greedy decoding.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(50, ge=0, description="Sample among the k most likely tokens (0 = no limit).")
+    repetition_penalty: float = Field(1.1, gt=0, description="Penalty on tokens already generated (1 = none).")
+    batch_size: int = Field(8, gt=0, description="Records per batch in `lmtune generate`.")
+
+
+class RunConfig(Section):
+    model: ModelConfig
+    data: DataConfig
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    train: TrainConfig
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+
+
+# ---------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`, a classic trap)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML or JSON run config, apply `section.key=value` overrides, validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Loader)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON: {_one_line(exc)}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections model, data, finetune, train, generate")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.learning_rate=1e-4")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{item}': '{part}' is not a section")
+    node[leaf] = parse_value(value)
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate and report every problem at once, each with its dotted key."""
+    problems = _unknown_train_keys(raw.get("train"))
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(err) for err in exc.errors()] + problems
+        config = None
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{source}: {len(problems)} problem(s):\n{listing}")
+    return config
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        section = _section_model(loc[:-1])
+        hint = _closest(loc[-1], list(section.model_fields)) if section else None
+        return f"{key}: unknown key" + (f"; did you mean '{hint}'?" if hint else "")
+    if err["type"] == "missing":
+        return f"{key}: required but missing"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _section_model(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _unknown_train_keys(train: Any) -> list[str]:
+    if not isinstance(train, dict):
+        return []
+    known = set(TrainConfig.model_fields) | training_argument_names()
+    return [
+        f"train.{key}: unknown key (not a TrainingArguments field)"
+        + (f"; did you mean '{hint}'?" if (hint := _closest(key, known)) else "")
+        for key in train
+        if key not in known
+    ]
+
+
+@lru_cache(maxsize=1)
+def training_argument_names() -> frozenset[str]:
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+def _closest(key: str, candidates: list[str] | set[str]) -> str | None:
+    match = difflib.get_close_matches(key, sorted(candidates), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+# ---------------------------------------------------------------- output folder
+
+
+def save_run_config(config: RunConfig, output_dir: Path) -> Path:
+    path = output_dir / "run.yaml"
+    path.write_text(dump_yaml(config.model_dump(mode="json")), encoding="utf-8")
+    return path
+
+
+def resolve_paths(config: RunConfig) -> RunConfig:
+    """Absolute model/data paths, so run.yaml works from any directory later."""
+    config.model.path = str(Path(config.model.path).expanduser().resolve())
+    config.data.path = [str(Path(p).expanduser().resolve()) for p in config.data.path]
+    return config
+
+
+def load_run_config(output_dir: str | Path) -> RunConfig | None:
+    path = Path(output_dir) / "run.yaml"
+    return load_config(path) if path.is_file() else None

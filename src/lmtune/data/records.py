@@ -1,0 +1,29 @@
+"""The one record type between readers and templates: a system prompt plus ordered turns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+USER, ASSISTANT = "user", "assistant"
+
+
+@dataclass
+class Turn:
+    role: str  # USER or ASSISTANT
+    content: str
+    # Alpaca's separate context field. Templates with an input slot show it apart;
+    # the others append it to the instruction on a new line.
+    input: str = ""
+
+
+@dataclass
+class Conversation:
+    turns: list[Turn]
+    system: str | None = None
+    source: str = ""  # "file:line", for messages that point at the record
+
+    def without_last_answer(self) -> tuple[Conversation, str | None]:
+        """The prompt part (ending with a user turn) and the reference answer, if any."""
+        if self.turns and self.turns[-1].role == ASSISTANT:
+            return Conversation(self.turns[:-1], self.system, self.source), self.turns[-1].content
+        return self, None

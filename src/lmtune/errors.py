@@ -1,0 +1,21 @@
+"""Errors meant for users: the CLI prints their message on one line and exits with status 2."""
+
+
+class LmtuneError(Exception):
+    """A problem the user can fix; the message says what was wrong, where, and what to do."""
+
+
+class ConfigError(LmtuneError):
+    pass
+
+
+class DataError(LmtuneError):
+    pass
+
+
+class ModelError(LmtuneError):
+    pass
+
+
+class AdapterError(LmtuneError):
+    pass

@@ -1,0 +1,193 @@
+"""The one generation engine behind chat and generate.
+
+Prompts come from the training encoder (same template, same tokenization), generation stops
+at EOS or the template's stop strings, and streamed text never splits a UTF-8 character or
+shows the beginning of a stop string.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from lmtune.config import GenerateConfig, RunConfig, load_run_config
+from lmtune.data.encode import Encoder, pad_batch
+from lmtune.data.records import Conversation
+from lmtune.errors import LmtuneError
+from lmtune.model.adapters import load_adapter
+from lmtune.model.load import load_model, load_tokenizer
+from lmtune.templates.template import Template, get_template
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str  # "stop": EOS or a stop string; "length": max_new_tokens reached
+    new_tokens: int
+
+
+class Engine:
+    def __init__(self, model, tokenizer, template: Template, settings: GenerateConfig):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.template = template
+        self.settings = settings
+        self.encoder = Encoder(tokenizer, template, cutoff_len=2**31)  # prompts are never cut here
+
+    # ------------------------------------------------------------ public
+
+    def chat(self, conv: Conversation, on_text: Callable[[str], None] | None = None) -> Reply:
+        """Answer the conversation's last user turn, streaming text pieces to on_text."""
+        stream = _Stream(self.tokenizer, self.template.stop, on_text or (lambda _: None))
+        ids = torch.tensor([self.encoder.prompt_ids(conv)], device=self.model.device)
+        output = self._generate(ids, torch.ones_like(ids), streamer=stream)
+        return self._reply(output[0, ids.shape[1] :])
+
+    def generate(self, convs: list[Conversation]) -> list[Reply]:
+        """Answer a batch of conversations at once (left padding)."""
+        prompts = [{"input_ids": self.encoder.prompt_ids(conv)} for conv in convs]
+        batch = pad_batch(prompts, self.tokenizer.pad_token_id, side="left")
+        ids = batch["input_ids"].to(self.model.device)
+        output = self._generate(ids, batch["attention_mask"].to(self.model.device))
+        return [self._reply(row[ids.shape[1] :]) for row in output]
+
+    # ------------------------------------------------------------ internals
+
+    def _generate(self, ids: torch.Tensor, mask: torch.Tensor, streamer=None) -> torch.Tensor:
+        stops = StoppingCriteriaList([_StopStrings(self.tokenizer, self.template.stop, ids.shape[1])])
+        with torch.inference_mode():
+            return self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=self._generation_config(),
+                stopping_criteria=stops,
+                streamer=streamer,
+            )
+
+    def _generation_config(self) -> GenerationConfig:
+        s = self.settings
+        # Only max_new_tokens bounds the length: passing max_length too makes generate complain or
+        # silently pick one of them.
+        config = GenerationConfig(
+            max_new_tokens=s.max_new_tokens,
+            repetition_penalty=s.repetition_penalty,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            do_sample=s.temperature > 0,
+        )
+        if s.temperature > 0:
+            config.temperature, config.top_p, config.top_k = s.temperature, s.top_p, s.top_k
+        return config
+
+    def _reply(self, new_ids: torch.Tensor) -> Reply:
+        ids = new_ids.tolist()
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        ended_on_eos = eos in ids
+        if ended_on_eos:
+            ids = ids[: ids.index(eos)]
+        while ids and ids[-1] == pad:  # rows that finished early are filled with pad
+            ids.pop()
+        text, hit_stop = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), self.template.stop)
+        reason = "stop" if ended_on_eos or hit_stop else "length"
+        return Reply(text.strip(), reason, len(ids) + ended_on_eos)
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """Text before the first stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class _StopStrings(StoppingCriteria):
+    """Per-row stop on the template's stop strings, checking only the newest tokens."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_len: int):
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, [s for s in stops if s], prompt_len
+        # every non-special token decodes to at least one byte
+        self.window = max((len(s.encode("utf-8")) for s in self.stops), default=0) + 2
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if not self.stops:
+            return done
+        tails = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :][:, -self.window :], skip_special_tokens=True)
+        for row, tail in enumerate(tails):
+            done[row] = any(s in tail for s in self.stops)
+        return done
+
+
+class _Stream(BaseStreamer):
+    """Streams decoded text, holding back an incomplete UTF-8 character (decoded as U+FFFD) and
+    any tail that could be the start of a stop string."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], on_text: Callable[[str], None]):
+        self.tokenizer, self.stops, self.on_text = tokenizer, [s for s in stops if s], on_text
+        self.ids: list[int] = []
+        self.sent = 0
+        self.prompt_skipped = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_skipped:  # generate() hands the prompt over first
+            self.prompt_skipped = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        text, stopped = cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
+        safe = len(text)
+        if not (final or stopped):
+            safe = len(text.rstrip("\ufffd"))
+            safe -= _partial_stop(text[:safe], self.stops)
+        if safe > self.sent:
+            self.on_text(text[self.sent : safe])
+            self.sent = safe
+
+
+def _partial_stop(text: str, stops: list[str]) -> int:
+    """Length of the longest end of text that begins some stop string."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_engine(
+    model: str | None = None,
+    adapter: str | None = None,
+    template: str | None = None,
+    settings: GenerateConfig | None = None,
+) -> Engine:
+    """Base model + optional adapter. Template and settings default to the run.yaml that training
+    wrote into the adapter (or full-model) folder."""
+    run_dir = adapter or model
+    run = load_run_config(run_dir) if run_dir else None
+    base = model or (run.model.path if run else None)
+    if base is None:
+        raise LmtuneError("no base model: pass --model DIR (the adapter folder has no run.yaml naming it)")
+    tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
+    chosen = _choose_template(template, run)
+    model_obj = load_model(base, run.model.dtype if run else "auto")
+    if adapter:
+        model_obj = load_adapter(model_obj, adapter)
+    return Engine(model_obj, load_tokenizer(tokenizer_dir), chosen, settings or (run.generate if run else GenerateConfig()))
+
+
+def _choose_template(name: str | None, run: RunConfig | None) -> Template:
+    trained = run.data.template if run else None
+    if name and trained and name != trained:
+        log.warning("template '%s' overrides '%s', the template this model was trained with", name, trained)
+    if not (name or trained):
+        raise LmtuneError("no template: the model folder has no run.yaml; pass --template NAME (see `lmtune templates`)")
+    return get_template(name or trained)

@@ -1,0 +1,85 @@
+"""Load a local Hugging Face causal LM and its tokenizer: dtype, pad token, id checks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from lmtune.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """auto: fp32 on CPU (half precision is slow and lossy there), bf16 where the GPU has it, else fp16."""
+    if name != "auto":
+        return DTYPES[name]
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def check_model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"model folder '{path}' has no config.json; lmtune loads local Hugging Face folders "
+            "(fetch one beforehand, e.g. `hf download ORG/NAME --local-dir DIR`)"
+        )
+    return path
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
+        raise ModelError(f"no tokenizer in '{path}' (tokenizer.json / tokenizer_config.json missing)")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give a tokenizer without a pad token one it already has (unk, else eos), so the vocabulary
+    and the embedding matrix keep their size. Padding is masked by the attention mask and by -100
+    labels, never by comparing ids, so pad == eos is safe."""
+    if tokenizer.pad_token_id is not None:
+        return
+    for candidate in ("unk_token", "eos_token"):
+        if getattr(tokenizer, candidate) is not None:
+            tokenizer.pad_token = getattr(tokenizer, candidate)
+            log.info("tokenizer has no pad token; using %s %r", candidate, tokenizer.pad_token)
+            return
+    raise ModelError("the tokenizer has neither a pad, unk nor eos token; add one to tokenizer_config.json")
+
+
+def load_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    path = check_model_dir(path)
+    torch_dtype = resolve_dtype(dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load a causal LM from '{path}': {' '.join(str(exc).split())}") from exc
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return model
+
+
+def check_token_ids(max_id: int, model, tokenizer) -> None:
+    """Ids past the embedding table are the classic 'device-side assert triggered' on GPU."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if max_id >= rows:
+        raise ModelError(
+            f"token id {max_id} is outside the model's embedding table ({rows} rows); "
+            f"the tokenizer ({len(tokenizer)} tokens) does not match this model: use the tokenizer "
+            "saved with the model, or resize the embeddings after adding tokens"
+        )

@@ -1,0 +1,77 @@
+"""metrics.jsonl while training, loss.png at the end."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+
+
+class MetricsFile(TrainerCallback):
+    """One JSON line per logging step: step, epoch, loss, learning_rate, grad_norm, tokens_per_second."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir) / METRICS_FILE
+        self.path.write_text("", encoding="utf-8")
+        self._last = (time.perf_counter(), 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.perf_counter(), state.num_input_tokens_seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return  # the end-of-training summary has train_loss etc., not a step
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        last_time, last_tokens = self._last
+        self._last = (now, tokens)
+        row = {
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0.0, 4),
+            "loss": logs["loss"],
+            "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "tokens_per_second": round((tokens - last_tokens) / max(now - last_time, 1e-9), 1),
+        }
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    path = Path(output_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_loss(output_dir: Path) -> Path | None:
+    """Raw and exponentially smoothed training loss against step."""
+    rows = read_metrics(output_dir)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training servers
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    losses = [r["loss"] for r in rows]
+    smooth, value = [], losses[0]
+    for loss in losses:
+        value = 0.9 * value + 0.1 * loss
+        smooth.append(value)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, alpha=0.35, label="loss")
+    ax.plot(steps, smooth, label="smoothed (EMA 0.9)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(Path(output_dir).name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(output_dir) / LOSS_PLOT
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,97 @@
+"""`lmtune train`: config → data → model → Trainer → save → verify, top to bottom."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmtune.config import RunConfig, resolve_paths, save_run_config
+from lmtune.data.encode import Collator, Encoder, LoadReport, encode_files
+from lmtune.errors import ConfigError
+from lmtune.model.adapters import adapter_state, attach_lora, verify_adapter
+from lmtune.model.load import check_token_ids, load_model, load_tokenizer, resolve_dtype
+from lmtune.templates.template import get_template
+from lmtune.train.callbacks import MetricsFile, plot_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    report: LoadReport
+    final_loss: float | None
+    loss_plot: Path | None
+
+
+def train(config: RunConfig) -> TrainResult:
+    config = resolve_paths(config)
+    output_dir = Path(config.train.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(config, output_dir)  # written first, so even a failed run says what it was
+
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+    encoder = Encoder(tokenizer, get_template(config.data.template), config.data.cutoff_len)
+    samples, report = encode_files(config.data.path, config.data.format, encoder)
+    log.info("data: %s", report.summary())
+
+    model = _load_model(config)
+    check_token_ids(max(max(s.input_ids) for s in samples), model, tokenizer)
+    model, initial = _prepare_method(model, config)
+
+    trainer = _build_trainer(config, model, tokenizer, [{"input_ids": s.input_ids, "labels": s.labels} for s in samples])
+    outcome = trainer.train()
+
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(output_dir)
+    if initial is not None:
+        verify_adapter(output_dir, initial)
+    return TrainResult(output_dir, report, outcome.training_loss, plot_loss(output_dir))
+
+
+def _load_model(config: RunConfig):
+    dtype = config.model.dtype
+    if config.finetune.method == "full" and resolve_dtype(dtype) == torch.float16:
+        dtype = "float32"  # fp16 master weights cannot be unscaled; AMP keeps fp32 weights and fp16 math
+    return load_model(config.model.path, dtype, config.model.trust_remote_code)
+
+
+def _prepare_method(model, config: RunConfig):
+    """Returns the model to train and, for adapters, their initial tensors (for the save check)."""
+    from transformers import set_seed
+
+    set_seed(config.train.seed)  # LoRA's A matrices are drawn here
+    if config.finetune.method == "full":
+        return model, None
+    model = attach_lora(model, config.finetune.lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("LoRA: %s trainable parameters of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model, adapter_state(model)
+
+
+def _build_trainer(config: RunConfig, model, tokenizer, dataset: list[dict]):
+    from transformers import Trainer, TrainingArguments
+
+    args = config.train.training_arguments()
+    args.setdefault("remove_unused_columns", False)  # our collator needs input_ids and labels as they are
+    args.setdefault("include_num_input_tokens_seen", "non_padding")  # for tokens/s in metrics.jsonl
+    half = resolve_dtype(config.model.dtype)
+    if torch.cuda.is_available() and half != torch.float32:
+        args.setdefault("bf16", half == torch.bfloat16)
+        args.setdefault("fp16", half == torch.float16)
+    try:
+        training_args = TrainingArguments(**args)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"train: {' '.join(str(exc).split())}") from exc
+    return Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[MetricsFile(Path(config.train.output_dir))],
+    )
