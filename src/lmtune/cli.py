@@ -133,14 +133,17 @@ def demo(
     from lmtune.demo import run_demo
 
     result = run_demo(out, questions, log=console.print)
-    table = Table("#", "question", "expected", "model's answer", "ok", show_lines=False)
+    table = Table("#", "question", "expected", "model's answer", "ok")
+    for column in table.columns[1:4]:
+        column.overflow = "fold"  # show whole answers, Chinese included, however narrow the terminal
     for i, (question, expected, answer) in enumerate(result.rows, 1):
         table.add_row(str(i), question, expected, answer, "[green]✓[/]" if answer == expected else "[red]✗[/]")
     Console().print(table)
     needed = -(-len(result.rows) * 9 // 10)  # 90%, e.g. 18 of 20
     verdict = "[green]passed[/]" if result.matches >= needed else "[red]failed[/]"
     console.print(
-        f"{result.matches}/{len(result.rows)} exact answers (need {needed}): {verdict} in {result.seconds:.0f}s\n"
+        f"{result.matches}/{len(result.rows)} exact answers (need {needed}): {verdict} in {result.seconds:.0f}s "
+        f"(the base model without the LoRA adapter: {result.base_matches}/{len(result.rows)})\n"
         f"loss curves: {out / 'base' / 'loss.png'}, {out / 'sft' / 'loss.png'}; adapter: {out / 'sft'}\n"
         f"try it: lmtune chat --adapter {out / 'sft'}"
     )
@@ -152,6 +155,9 @@ def _setup_logging(debug: bool) -> None:
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     logging.getLogger("lmtune").setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-shard loading bars say nothing on small models
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*pin_memory.*")
 

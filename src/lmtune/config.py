@@ -45,6 +45,19 @@ class DataConfig(Section):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, name: str) -> str:
+        from lmtune.templates.template import builtin_templates
+
+        if name not in builtin_templates():
+            hint = _closest(name, list(builtin_templates()))
+            raise ValueError(
+                f"unknown template '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
+                + f" (available: {', '.join(sorted(builtin_templates()))})"
+            )
+        return name
+
 
 class LoraConfig(Section):
     r: int = Field(8, gt=0, description="LoRA rank.")
@@ -180,6 +193,8 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{key}: unknown key" + (f"; did you mean '{hint}'?" if hint else "")
     if err["type"] == "missing":
         return f"{key}: required but missing"
+    if err["type"] == "value_error":
+        return f"{key}: {err['ctx']['error']}"
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 

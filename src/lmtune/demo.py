@@ -32,6 +32,7 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 class DemoResult:
     rows: list[tuple[str, str, str]]  # question, expected, answer
     matches: int
+    base_matches: int  # the same questions asked of the base model without the adapter
     seconds: float
 
 
@@ -59,8 +60,12 @@ def run_demo(out: Path, questions: int = 20, log=print) -> DemoResult:
 
     log(f"[4/4] asking {questions} training questions")
     rows = _ask(base, sft, questions)
-    matches = sum(answer == expected for _, expected, answer in rows)
-    return DemoResult(rows, matches, time.perf_counter() - start)
+    without_adapter = _ask(base, None, questions)
+    return DemoResult(rows, _matches(rows), _matches(without_adapter), time.perf_counter() - start)
+
+
+def _matches(rows: list[tuple[str, str, str]]) -> int:
+    return sum(answer == expected for _, expected, answer in rows)
 
 
 def _corpus(records: list[dict]) -> list[str]:
@@ -89,13 +94,13 @@ def _train_stage(out: Path, name: str, model_dir: Path, data: Path, method: dict
     return train(load_config(config_path)).output_dir
 
 
-def _ask(base: Path, adapter: Path, questions: int) -> list[tuple[str, str, str]]:
+def _ask(base: Path, adapter: Path | None, questions: int) -> list[tuple[str, str, str]]:
     from lmtune.infer.engine import load_engine
 
     pairs = [conv.without_last_answer() for conv, _ in read_conversations(bundled_data())]
     chosen = random.Random(0).sample(pairs, questions)
     greedy = GenerateConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=64)
-    engine = load_engine(model=str(base), adapter=str(adapter), settings=greedy)
+    engine = load_engine(model=str(base), adapter=str(adapter) if adapter else None, template="alpaca", settings=greedy)
     replies = engine.generate([conv for conv, _ in chosen])
     return [
         (_question(conv), expected.strip(), reply.text) for (conv, expected), reply in zip(chosen, replies)

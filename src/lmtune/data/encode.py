@@ -7,6 +7,7 @@ builds its prompt with `prompt_ids`, the same code, so chat sees the training pr
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,36 +121,50 @@ def adds_bos(tokenizer) -> bool:
 @dataclass
 class LoadReport:
     read: dict[str, int] = field(default_factory=dict)
-    dropped_no_target: int = 0
+    dropped: list[dict] = field(default_factory=list)  # {"source", "reason", "record"}
     truncated: int = 0
 
     @property
     def kept(self) -> int:
-        return sum(self.read.values()) - self.dropped_no_target
+        return sum(self.read.values()) - len(self.dropped)
 
     def summary(self) -> str:
         files = ", ".join(f"{Path(p).name}: {n}" for p, n in self.read.items())
         return (
             f"read {sum(self.read.values())} records ({files}); kept {self.kept}; "
-            f"dropped {self.dropped_no_target} with no trainable token; truncated {self.truncated} to cutoff_len"
+            f"dropped {len(self.dropped)} with nothing to train on; truncated {self.truncated} to cutoff_len"
         )
+
+    def write_dropped(self, path: Path) -> Path | None:
+        if not self.dropped:
+            return None
+        with Path(path).open("w", encoding="utf-8") as f:
+            for row in self.dropped:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return Path(path)
 
 
 def encode_files(paths: list[str], fmt: str, encoder: Encoder) -> tuple[list[Sample], LoadReport]:
     samples, report = [], LoadReport()
     for path in paths:
         report.read[path] = 0
-        for conv, _record in read_conversations(path, fmt):
+        for conv, record in read_conversations(path, fmt):
             report.read[path] += 1
             sample = encoder.encode(conv)
-            if all(label == IGNORE_INDEX for label in sample.labels):
-                report.dropped_no_target += 1
+            if not has_target(sample, encoder.eos_id):
+                reason = "every answer is empty: only EOS would be trained"
+                report.dropped.append({"source": conv.source, "reason": reason, "record": record})
                 continue
             report.truncated += sample.truncated
             samples.append(sample)
     if not samples:
-        raise DataError(f"no trainable records in {', '.join(paths)}")
+        raise DataError(f"no trainable records in {', '.join(paths)} ({len(report.dropped)} dropped, all empty)")
     return samples, report
+
+
+def has_target(sample: Sample, eos_id: int) -> bool:
+    """At least one trained token besides EOS: a sample of prompt + EOS teaches only to stay silent."""
+    return any(label not in (IGNORE_INDEX, eos_id) for label in sample.labels)
 
 
 # ---------------------------------------------------------------- batching

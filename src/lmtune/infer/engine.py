@@ -21,7 +21,7 @@ from lmtune.data.encode import Encoder, pad_batch
 from lmtune.data.records import Conversation
 from lmtune.errors import LmtuneError
 from lmtune.model.adapters import load_adapter
-from lmtune.model.load import load_model, load_tokenizer
+from lmtune.model.load import align_special_tokens, load_model, load_tokenizer
 from lmtune.templates.template import Template, get_template
 
 log = logging.getLogger(__name__)
@@ -178,10 +178,12 @@ def load_engine(
         raise LmtuneError("no base model: pass --model DIR (the adapter folder has no run.yaml naming it)")
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
     chosen = _choose_template(template, run)
+    tokenizer = load_tokenizer(tokenizer_dir)
     model_obj = load_model(base, run.model.dtype if run else "auto")
+    align_special_tokens(model_obj, tokenizer)
     if adapter:
         model_obj = load_adapter(model_obj, adapter)
-    return Engine(model_obj, load_tokenizer(tokenizer_dir), chosen, settings or (run.generate if run else GenerateConfig()))
+    return Engine(model_obj, tokenizer, chosen, settings or (run.generate if run else GenerateConfig()))
 
 
 def _choose_template(name: str | None, run: RunConfig | None) -> Template:

@@ -25,6 +25,8 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def check_model_dir(path: str | Path) -> Path:
     path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"model folder '{path}' does not exist")
     if not (path / "config.json").is_file():
         raise ModelError(
             f"model folder '{path}' has no config.json; lmtune loads local Hugging Face folders "
@@ -72,6 +74,14 @@ def load_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = 
     if torch.cuda.is_available():
         model.to("cuda")
     return model
+
+
+def align_special_tokens(model, tokenizer) -> None:
+    """The model's config must know the pad/eos the tokenizer uses, or generate pads with the wrong id."""
+    for config in (model.config, model.generation_config):
+        if config is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+            config.eos_token_id = tokenizer.eos_token_id
 
 
 def check_token_ids(max_id: int, model, tokenizer) -> None:

@@ -10,9 +10,16 @@ import torch
 
 from lmtune.config import RunConfig, resolve_paths, save_run_config
 from lmtune.data.encode import Collator, Encoder, LoadReport, encode_files
-from lmtune.errors import ConfigError
+from lmtune.errors import ConfigError, DataError
 from lmtune.model.adapters import adapter_state, attach_lora, verify_adapter
-from lmtune.model.load import check_token_ids, load_model, load_tokenizer, resolve_dtype
+from lmtune.model.load import (
+    align_special_tokens,
+    check_model_dir,
+    check_token_ids,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+)
 from lmtune.templates.template import get_template
 from lmtune.train.callbacks import MetricsFile, plot_loss
 
@@ -31,14 +38,21 @@ def train(config: RunConfig) -> TrainResult:
     config = resolve_paths(config)
     output_dir = Path(config.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    check_model_dir(config.model.path)
+    for path in config.data.path:
+        if not Path(path).is_file():
+            raise DataError(f"data file not found: {path}")
     save_run_config(config, output_dir)  # written first, so even a failed run says what it was
 
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     encoder = Encoder(tokenizer, get_template(config.data.template), config.data.cutoff_len)
     samples, report = encode_files(config.data.path, config.data.format, encoder)
     log.info("data: %s", report.summary())
+    if dropped := report.write_dropped(output_dir / "dropped.jsonl"):
+        log.warning("%d records dropped (nothing to train on); they are in %s", len(report.dropped), dropped)
 
     model = _load_model(config)
+    align_special_tokens(model, tokenizer)
     check_token_ids(max(max(s.input_ids) for s in samples), model, tokenizer)
     model, initial = _prepare_method(model, config)
 

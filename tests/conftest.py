@@ -1,0 +1,59 @@
+"""Fixtures build tiny tokenizers and models in-process; nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmtune.templates.template import builtin_templates
+from lmtune.tiny import build_model, train_tokenizer
+
+RECORDS = [
+    {"instruction": "Name the capital of France.", "input": "", "output": "Paris is the capital of France."},
+    {"instruction": "把下面的句子翻译成英文。", "input": "我喜欢喝茶。", "output": "I like drinking tea."},
+    {"instruction": "What is two plus two?", "input": "", "output": "Two plus two is four."},
+    {"instruction": "中国的首都是哪里？", "input": "", "output": "中国的首都是北京。"},
+]
+
+
+def corpus() -> list[str]:
+    texts = [r[k] for r in RECORDS for k in ("instruction", "input", "output") if r[k]]
+    for template in builtin_templates().values():
+        texts += [template.default_system, template.default_system_with_input or "", template.user, template.assistant]
+    return texts * 3
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(corpus(), path, vocab_size=600)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from lmtune.model.load import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory, tokenizer) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_model(tokenizer, path, arch="llama", hidden_size=32, layers=2, heads=2)
+    return path
+
+
+def write_json(path: Path, records, jsonl: bool = False) -> Path:
+    if jsonl:
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    return write_json(tmp_path / "train.json", RECORDS)

@@ -1,0 +1,88 @@
+"""The real entry point, as a user runs it: `python -m lmtune ...` in a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import RECORDS
+
+
+def lmtune(*args, stdin=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "lmtune", *map(str, args)],
+        input=stdin, capture_output=True, text=True, encoding="utf-8", cwd=cwd, timeout=300,
+    )
+
+
+def write_config(path, **sections):
+    path.write_text(yaml.safe_dump(sections, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, llama_dir):
+    """Full training memorises four bilingual records; module-scoped because later tests reuse it."""
+    tmp = tmp_path_factory.mktemp("full")
+    data = tmp / "train.json"
+    data.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    config = write_config(
+        tmp / "run.yaml",
+        model={"path": str(llama_dir)},
+        data={"path": str(data), "template": "alpaca", "cutoff_len": 128},
+        finetune={"method": "full"},
+        train={"output_dir": str(tmp / "out"), "max_steps": 120, "learning_rate": 1e-2, "per_device_train_batch_size": 4},
+        generate={"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 32},
+    )
+    result = lmtune("train", config, "train.logging_steps=10")
+    assert result.returncode == 0, result.stderr
+    return tmp
+
+
+def test_full_training_then_generate_answers_every_record(full_run):
+    preds = full_run / "preds.jsonl"
+    result = lmtune("generate", "--model", full_run / "out", "--data", full_run / "train.json", "--out", preds, "--batch-size", 3)
+    assert result.returncode == 0, result.stderr
+    assert "wrote 4 predictions" in result.stderr
+    text = preds.read_text(encoding="utf-8")
+    assert "中国的首都是北京。" in text  # written as UTF-8, not \u escapes
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert [r["instruction"] for r in rows] == [r["instruction"] for r in RECORDS]  # input order, despite length sorting
+    assert all(set(r) == {"instruction", "input", "output", "prediction"} for r in rows)
+    assert [r["prediction"] for r in rows] == [r["output"] for r in RECORDS]  # memorised, and it stopped at EOS
+
+
+def test_training_writes_everything_later_commands_need(full_run):
+    out = full_run / "out"
+    run = yaml.safe_load((out / "run.yaml").read_text(encoding="utf-8"))
+    assert run["train"]["logging_steps"] == 10 and run["data"]["template"] == "alpaca"
+    assert (out / "model.safetensors").stat().st_size > 0 and (out / "tokenizer.json").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(10, 121, 10))
+    assert set(rows[0]) == {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second"}
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[0]["tokens_per_second"] > 0
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lora_training_chat_and_generate_with_adapter(full_run):
+    adapter = full_run / "lora"
+    result = lmtune(
+        "train", full_run / "run.yaml", f"model.path={full_run / 'out'}", "finetune.method=lora",
+        f"train.output_dir={adapter}", "train.max_steps=20", "train.learning_rate=1e-3",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 10_000
+    assert "LoRA:" in result.stderr and "trainable parameters" in result.stderr
+
+    # The base model and the template come from the adapter's run.yaml.
+    chat = lmtune("chat", "--adapter", adapter, stdin="中国的首都是哪里？\nWhat is two plus two?\n/exit\n")
+    assert chat.returncode == 0, chat.stderr
+    assert "assistant> 中国的首都是北京。\n" in chat.stdout
+    assert "assistant> Two plus two is four.\n" in chat.stdout
+
+    preds = full_run / "lora.jsonl"
+    result = lmtune("generate", "--adapter", adapter, "--data", full_run / "train.json", "--out", preds)
+    assert result.returncode == 0, result.stderr
+    assert len(preds.read_text(encoding="utf-8").splitlines()) == 4

@@ -1,0 +1,63 @@
+"""Bad input: one clear line on stderr, exit status 2, no traceback (unless --debug)."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def lmtune(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lmtune", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def project(tmp_path, llama_dir):
+    (tmp_path / "good.json").write_text('[{"instruction": "a", "output": "b"}]', encoding="utf-8")
+    (tmp_path / "bad.json").write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}]', encoding="utf-8")
+    (tmp_path / "noout.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n', encoding="utf-8")
+    (tmp_path / "run.yaml").write_text(
+        f"model: {{path: {llama_dir}}}\ndata: {{path: good.json, template: alpaca}}\n"
+        "train: {output_dir: out, max_steps: 1}\n",
+        encoding="utf-8",
+    )
+    return tmp_path
+
+
+CASES = [
+    (["data.path=missing.json"], "error: data file not found: {dir}/missing.json"),
+    (["data.path=bad.json"], "error: {dir}/bad.json:2:22: malformed JSON: Expecting ',' delimiter"),
+    (["data.path=noout.jsonl"], "error: {dir}/noout.jsonl:2: record has no 'output' field; alpaca records need 'instruction' and 'output'"),
+    (["model.path=nowhere"], "error: model folder '{dir}/nowhere' does not exist"),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", CASES)
+def test_bad_input_gets_one_line_and_exit_2(project, overrides, expected):
+    result = lmtune("train", "run.yaml", *overrides, cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == expected.format(dir=project)
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_template_and_key_are_config_errors(project):
+    result = lmtune("train", "run.yaml", "data.template=alpacca", "train.lerning_rate=1", cwd=project)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: run.yaml: 2 problem(s):",
+        "  - data.template: unknown template 'alpacca'; did you mean 'alpaca'? (available: alpaca, chatml, vicuna)",
+        "  - train.lerning_rate: unknown key (not a TrainingArguments field); did you mean 'learning_rate'?",
+    ]
+
+
+def test_debug_shows_the_traceback(project):
+    result = lmtune("--debug", "train", "run.yaml", "data.path=missing.json", cwd=project)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "DataError: data file not found" in result.stderr
+
+
+def test_chat_needs_a_model_and_knows_its_template(project, llama_dir):
+    result = lmtune("chat", cwd=project)
+    assert result.returncode == 2 and "pass --model DIR, --adapter DIR, or both" in result.stderr
+    result = lmtune("chat", "--model", llama_dir, cwd=project)
+    assert result.returncode == 2
+    assert "no template: the model folder has no run.yaml; pass --template NAME" in result.stderr
