@@ -38,6 +38,7 @@ def full_run(tmp_path_factory, llama_dir):
     )
     result = lmtune("train", config, "train.logging_steps=10")
     assert result.returncode == 0, result.stderr
+    (tmp / "train.log").write_text(result.stderr, encoding="utf-8")
     return tmp
 
 
@@ -64,6 +65,9 @@ def test_training_writes_everything_later_commands_need(full_run):
     assert set(rows[0]) == {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second"}
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[0]["tokens_per_second"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = (full_run / "train.log").read_text(encoding="utf-8")
+    assert "read 4 records (train.json: 4); kept 4; dropped 0" in log
+    assert "step 120/120  loss " in log and "it/s" not in log  # one line per log step, no tqdm flood
 
 
 def test_lora_training_chat_and_generate_with_adapter(full_run):
@@ -86,3 +90,4 @@ def test_lora_training_chat_and_generate_with_adapter(full_run):
     result = lmtune("generate", "--adapter", adapter, "--data", full_run / "train.json", "--out", preds)
     assert result.returncode == 0, result.stderr
     assert len(preds.read_text(encoding="utf-8").splitlines()) == 4
+

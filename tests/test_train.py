@@ -3,6 +3,7 @@ import pytest
 from lmtune.config import validate_config
 from lmtune.errors import ModelError
 from lmtune.tiny import build_model
+from lmtune.train.callbacks import smoothed
 from lmtune.train.run import train
 
 
@@ -31,3 +32,8 @@ def test_token_ids_beyond_the_embedding_table_stop_the_run(tmp_path, tokenizer, 
     model.save_pretrained(small)
     with pytest.raises(ModelError, match=r"token id \d+ is outside the model's embedding table \(100 rows\)"):
         train(config(small, data_file, tmp_path / "out"))
+
+
+def test_smoothed_loss_has_no_start_up_bias():
+    assert smoothed([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
+    assert smoothed([1.0, 3.0], 0.0) == [1.0, 3.0]

@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Fine-tune open causal language models from one YAML config, then chat with them and generate.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
 
@@ -40,8 +40,7 @@ def train(
     from lmtune.train.run import train as run_training
 
     result = run_training(load_config(config, overrides or []))
-    console.print(f"[green]done[/]: {result.report.summary()}")
-    console.print(f"final training loss {result.final_loss:.4f}")
+    console.print(f"[green]done[/]: average training loss {result.final_loss:.4f}")
     console.print(f"outputs in {result.output_dir} (loss curve: {result.loss_plot})")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -41,6 +42,40 @@ class MetricsFile(TrainerCallback):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+class ProgressLines(TrainerCallback):
+    """A compact line per logging step, readable in a terminal and in a CI log alike
+    (replaces the Trainer's tqdm bar, which floods non-interactive logs)."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self._started = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        elapsed = time.perf_counter() - self._started
+        done = state.global_step / max(state.max_steps, 1)
+        eta = elapsed / done - elapsed if done else 0.0
+        grad = logs.get("grad_norm")
+        self.log(
+            f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+            f"lr {logs.get('learning_rate', 0):.2e}  grad norm {'-' if grad is None else f'{grad:.3f}'}  "
+            f"eta {eta:.0f}s"
+        )
+
+
+def smoothed(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average with the start-up bias removed (as TensorBoard draws it)."""
+    out, value = [], 0.0
+    for i, x in enumerate(values, start=1):
+        value = weight * value + (1 - weight) * x
+        out.append(value / (1 - weight**i) if weight else x)
+    return out
+
+
 def read_metrics(output_dir: Path) -> list[dict]:
     path = Path(output_dir) / METRICS_FILE
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -58,13 +93,11 @@ def plot_loss(output_dir: Path) -> Path | None:
 
     steps = [r["step"] for r in rows]
     losses = [r["loss"] for r in rows]
-    smooth, value = [], losses[0]
-    for loss in losses:
-        value = 0.9 * value + 0.1 * loss
-        smooth.append(value)
+    weight = max(0.0, min(0.9, 1 - 10 / len(losses)))  # short runs get little or no smoothing
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, alpha=0.35, label="loss")
-    ax.plot(steps, smooth, label="smoothed (EMA 0.9)")
+    ax.plot(steps, losses, alpha=0.35 if weight else 1.0, label="loss")
+    if weight:
+        ax.plot(steps, smoothed(losses, weight), label=f"smoothed (EMA {weight:.2f})")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title(Path(output_dir).name)

@@ -21,7 +21,7 @@ from lmtune.model.load import (
     resolve_dtype,
 )
 from lmtune.templates.template import get_template
-from lmtune.train.callbacks import MetricsFile, plot_loss
+from lmtune.train.callbacks import MetricsFile, ProgressLines, plot_loss
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,12 @@ def _prepare_method(model, config: RunConfig):
 
 
 def _build_trainer(config: RunConfig, model, tokenizer, dataset: list[dict]):
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     args = config.train.training_arguments()
     args.setdefault("remove_unused_columns", False)  # our collator needs input_ids and labels as they are
     args.setdefault("include_num_input_tokens_seen", "non_padding")  # for tokens/s in metrics.jsonl
+    args.setdefault("disable_tqdm", True)  # ProgressLines reports instead
     half = resolve_dtype(config.model.dtype)
     if torch.cuda.is_available() and half != torch.float32:
         args.setdefault("bf16", half == torch.bfloat16)
@@ -101,11 +102,13 @@ def _build_trainer(config: RunConfig, model, tokenizer, dataset: list[dict]):
         training_args = TrainingArguments(**args)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"train: {' '.join(str(exc).split())}") from exc
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[MetricsFile(Path(config.train.output_dir))],
+        callbacks=[MetricsFile(Path(config.train.output_dir)), ProgressLines(log.info)],
     )
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; ProgressLines says the same readably
+    return trainer
