@@ -25,6 +25,11 @@ def test_streaming_never_emits_half_a_chinese_character(tokenizer):
     assert snapshots[0] == [] and snapshots[1] == [] and snapshots[2] == ["龘"]
 
 
+def test_a_character_cut_off_by_max_new_tokens_is_not_shown(tokenizer):
+    ids = tokenizer.encode("ok 龘", add_special_tokens=False)[:-1]  # the last byte never comes
+    assert "".join(list(stream_pieces(tokenizer, ids))[-1]) == "ok "
+
+
 def test_streaming_hides_a_stop_string_split_across_tokens(tokenizer):
     ids = tokenizer.encode("Paris.\n\n### Instruction:\nmore", add_special_tokens=False)
     snapshots = list(stream_pieces(tokenizer, ids, stops=("### Instruction:",)))

@@ -97,7 +97,7 @@ class Engine:
             ids.pop()
         text, hit_stop = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), self.template.stop)
         reason = "stop" if ended_on_eos or hit_stop else "length"
-        return Reply(text.strip(), reason, len(ids) + ended_on_eos)
+        return Reply(text.rstrip("\ufffd").strip(), reason, len(ids) + ended_on_eos)
 
 
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
@@ -146,9 +146,10 @@ class _Stream(BaseStreamer):
 
     def _flush(self, final: bool) -> None:
         text, stopped = cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
-        safe = len(text)
+        # A trailing U+FFFD is a character whose bytes have not all arrived, or never will
+        # (cut off by max_new_tokens): never show it.
+        safe = len(text.rstrip("\ufffd"))
         if not (final or stopped):
-            safe = len(text.rstrip("\ufffd"))
             safe -= _partial_stop(text[:safe], self.stops)
         if safe > self.sent:
             self.on_text(text[self.sent : safe])
