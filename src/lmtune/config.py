@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmtune.errors import ConfigError
 
@@ -32,15 +32,45 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="Run modelling code shipped in the model folder.")
 
 
-class DataConfig(Section):
-    path: list[str] = Field(description="A data file, or a list of files (.json array or .jsonl).")
-    format: Literal["auto", "alpaca", "text"] = Field(
-        "auto", description="Record format; auto detects it from each file's first record."
+DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "moss", "firefly", "belle_multiturn", "text")
+
+
+class FiltersConfig(Section):
+    min_length: int | None = Field(None, ge=0, description="Drop conversations shorter than this (length_unit).")
+    max_length: int | None = Field(None, gt=0, description="Drop conversations longer than this (length_unit).")
+    length_unit: Literal["chars", "tokens"] = Field("chars", description="Unit of min/max_length.")
+    languages: list[Literal["zh", "en"]] | None = Field(None, description="Keep only conversations in these languages.")
+    dedup: Literal["none", "exact", "near"] = Field(
+        "none", description="Drop duplicates: exact (normalised text) or near (MinHash, plus exact)."
     )
+    near_threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard similarity that counts as near-duplicate.")
+    identity: dict[str, str] = Field(
+        default_factory=dict,
+        description="Self-references to rewrite in answers: regex → replacement, e.g. {MOSS: Lumi}.",
+    )
+
+
+class DataConfig(Section):
+    path: list[str] = Field(default_factory=list, description="Data files or folders (.json, .jsonl, .csv, .parquet, .txt).")
+    dataset: list[str] = Field(default_factory=list, description="Dataset names from dataset_dir/dataset_info.json.")
+    dataset_dir: str = Field("data", description="Folder holding dataset_info.json and the files it names.")
+    format: Literal[DATA_FORMATS] = Field("auto", description="Record format; auto detects it per file.")
     template: str = Field("alpaca", description="Prompt template name (`lmtune templates`).")
     cutoff_len: int = Field(1024, gt=1, description="Maximum tokens per sample, prompt and response together.")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="Bad record: stop with its file and line, or skip it into rejected.jsonl."
+    )
+    streaming: bool = Field(False, description="Read .jsonl/.txt files line by line instead of whole.")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many records per dataset.")
+    mix: dict[str, float] | None = Field(
+        None, description="Per dataset (name or file stem): a share of the mixture (< 1) or a record count (>= 1)."
+    )
+    val_size: float = Field(0, ge=0, description="Dev split held out: a share (< 1) or a record count (>= 1).")
+    filters: FiltersConfig = Field(default_factory=FiltersConfig, description="Optional filters, each counted.")
+    num_workers: int | None = Field(None, ge=1, description="Tokenizing processes; default: one per core for big data.")
+    cache: bool = Field(True, description="Reuse encoded data from an earlier run with the same inputs.")
 
-    @field_validator("path", mode="before")
+    @field_validator("path", "dataset", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
@@ -57,6 +87,12 @@ class DataConfig(Section):
                 + f" (available: {', '.join(sorted(builtin_templates()))})"
             )
         return name
+
+    @model_validator(mode="after")
+    def _some_data(self) -> DataConfig:
+        if not (self.path or self.dataset):
+            raise ValueError("give data.path (files or folders) or data.dataset (names in dataset_info.json)")
+        return self
 
 
 class LoraConfig(Section):
@@ -250,6 +286,7 @@ def resolve_paths(config: RunConfig) -> RunConfig:
     """Absolute model/data paths, so run.yaml works from any directory later."""
     config.model.path = str(Path(config.model.path).expanduser().resolve())
     config.data.path = [str(Path(p).expanduser().resolve()) for p in config.data.path]
+    config.data.dataset_dir = str(Path(config.data.dataset_dir).expanduser().resolve())
     return config
 
 

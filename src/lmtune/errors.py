@@ -13,6 +13,10 @@ class DataError(LmtuneError):
     pass
 
 
+class RecordError(DataError):
+    """One record is unusable; the message is the reason alone, the loader adds file and line."""
+
+
 class ModelError(LmtuneError):
     pass
 

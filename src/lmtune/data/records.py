@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 USER, ASSISTANT = "user", "assistant"
+FUNCTION, OBSERVATION = "function", "observation"  # tool call by the assistant, and the tool's answer
+ROLES = (USER, ASSISTANT, FUNCTION, OBSERVATION)
 
 
 @dataclass
 class Turn:
-    role: str  # USER or ASSISTANT
+    role: str  # one of ROLES
     content: str
     # Alpaca's separate context field. Templates with an input slot show it apart;
     # the others append it to the instruction on a new line.
