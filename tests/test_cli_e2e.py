@@ -66,7 +66,7 @@ def test_training_writes_everything_later_commands_need(full_run):
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[0]["tokens_per_second"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = (full_run / "train.log").read_text(encoding="utf-8")
-    assert "read 4 records (train.json: 4); kept 4; dropped 0" in log
+    assert "data: read 4 records from 1 file(s); kept 4; 0 truncated to cutoff_len" in log
     assert "step 120/120  loss " in log and "it/s" not in log  # one line per log step, no tqdm flood
 
 

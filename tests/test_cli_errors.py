@@ -26,7 +26,11 @@ def project(tmp_path, llama_dir):
 CASES = [
     (["data.path=missing.json"], "error: data file not found: {dir}/missing.json"),
     (["data.path=bad.json"], "error: {dir}/bad.json:2:22: malformed JSON: Expecting ',' delimiter"),
-    (["data.path=noout.jsonl"], "error: {dir}/noout.jsonl:2: record has no 'output' field; alpaca records need 'instruction' and 'output'"),
+    (
+        ["data.path=noout.jsonl"],
+        "error: {dir}/noout.jsonl:2: record has no 'output' field; alpaca records need 'instruction' and 'output' "
+        "(set data.on_error: skip to set bad records aside in rejected.jsonl)",
+    ),
     (["model.path=nowhere"], "error: model folder '{dir}/nowhere' does not exist"),
 ]
 

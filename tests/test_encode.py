@@ -1,8 +1,6 @@
-import json
-
 import pytest
 
-from lmtune.data.encode import IGNORE_INDEX, Collator, Encoder, encode_files
+from lmtune.data.encode import IGNORE_INDEX, Collator, Encoder
 from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
 from lmtune.errors import DataError
 from lmtune.templates.template import get_template
@@ -99,20 +97,6 @@ def test_eos_label_survives_collation_when_pad_is_eos(tokenizer):
     assert batch["labels"][0, n:].tolist() == [IGNORE_INDEX] * (batch["labels"].shape[1] - n)
     assert batch["attention_mask"][0].tolist() == [1] * n + [0] * (batch["labels"].shape[1] - n)
     assert batch["labels"][1].tolist() == long.labels
-
-
-def test_records_with_only_empty_answers_are_dropped_and_counted(tmp_path, tokenizer):
-    path = tmp_path / "d.jsonl"
-    rows = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": ""}, {"instruction": "d", "output": "e"}]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    samples, report = encode_files([str(path)], "auto", Encoder(tokenizer, get_template("alpaca"), 64))
-    assert len(samples) == 2 and report.kept == 2
-    assert report.dropped == [
-        {"source": f"{path}:2", "reason": "every answer is empty: only EOS would be trained", "record": rows[1]}
-    ]
-    assert "read 3 records (d.jsonl: 3); kept 2; dropped 1" in report.summary()
-    written = report.write_dropped(tmp_path / "dropped.jsonl")
-    assert [json.loads(line)["record"] for line in written.read_text(encoding="utf-8").splitlines()] == [rows[1]]
 
 
 def test_a_user_turn_without_answer_in_training_data_is_an_error(tokenizer):

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lmtune.cli_data import data_app
 from lmtune.errors import LmtuneError
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Fine-tune open causal language models from one YAML config, then chat with them and generate.",
 )
+app.add_typer(data_app, name="data")
 console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 

@@ -67,8 +67,8 @@ class DataConfig(Section):
     )
     val_size: float = Field(0, ge=0, description="Dev split held out: a share (< 1) or a record count (>= 1).")
     filters: FiltersConfig = Field(default_factory=FiltersConfig, description="Optional filters, each counted.")
-    num_workers: int | None = Field(None, ge=1, description="Tokenizing processes; default: one per core for big data.")
     cache: bool = Field(True, description="Reuse encoded data from an earlier run with the same inputs.")
+    cache_dir: str = Field("~/.cache/lmtune", description="Where encoded data is cached.")
 
     @field_validator("path", "dataset", mode="before")
     @classmethod
@@ -287,6 +287,7 @@ def resolve_paths(config: RunConfig) -> RunConfig:
     config.model.path = str(Path(config.model.path).expanduser().resolve())
     config.data.path = [str(Path(p).expanduser().resolve()) for p in config.data.path]
     config.data.dataset_dir = str(Path(config.data.dataset_dir).expanduser().resolve())
+    config.data.cache_dir = str(Path(config.data.cache_dir).expanduser().resolve())
     return config
 
 

@@ -7,13 +7,11 @@ builds its prompt with `prompt_ids`, the same code, so chat sees the training pr
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+import functools
+from dataclasses import dataclass
 
 import torch
 
-from lmtune.data.readers import read_conversations
 from lmtune.data.records import Conversation
 from lmtune.errors import DataError, ModelError
 from lmtune.templates.template import Template, exchanges
@@ -44,30 +42,69 @@ class Encoder:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
+    def _ids_many(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of many texts: each distinct text once (system prompts repeat in every record),
+        in one call to the Rust tokenizer when it gives exactly what `encode` gives."""
+        distinct = list(dict.fromkeys(texts))
+        if self._backend_is_exact:
+            encoded = [e.ids for e in self.tokenizer.backend_tokenizer.encode_batch_fast(distinct, add_special_tokens=False)]
+        else:
+            encoded = self.tokenizer(distinct, add_special_tokens=False)["input_ids"] if distinct else []
+        by_text = dict(zip(distinct, encoded))
+        return [by_text[text] for text in texts]
+
+    @functools.cached_property
+    def _backend_is_exact(self) -> bool:
+        """Some tokenizers add Python-side steps around the Rust one; then use the slower HF call."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None or not hasattr(backend, "encode_batch_fast"):
+            return False
+        probes = [self.template.system_text(Conversation([])), self.template.user, " Hello,  世界!\n", "a"]
+        fast = [e.ids for e in backend.encode_batch_fast(probes, add_special_tokens=False)]
+        return fast == [self._ids(p) for p in probes]
+
     def pieces(self, conv: Conversation) -> Pieces:
-        prefix = self.bos + self._ids(self.template.system_text(conv))
+        system, pairs = self._render(conv)
+        return self._pieces(self._ids(system), [(self._ids(p), None if r is None else self._ids(r)) for p, r in pairs])
+
+    def _render(self, conv: Conversation) -> tuple[str, list[tuple[str, str | None]]]:
+        return self.template.system_text(conv), self.template.pairs(conv)
+
+    def _pieces(self, system_ids: list[int], pair_ids: list[tuple[list[int], list[int] | None]]) -> Pieces:
         pairs = []
-        for prompt, response in self.template.pairs(conv):
-            response_ids = None
-            if response is not None:
-                response_ids = self._ids(response)
-                if not response_ids or response_ids[-1] != self.eos_id:
-                    response_ids.append(self.eos_id)  # the model must learn to stop
-            pairs.append((self._ids(prompt), response_ids))
-        return prefix, pairs
+        for prompt, response in pair_ids:
+            if response is not None and (not response or response[-1] != self.eos_id):
+                response = response + [self.eos_id]  # the model must learn to stop
+            pairs.append((prompt, response))
+        return self.bos + system_ids, pairs
 
     def encode(self, conv: Conversation) -> Sample:
         """Training sample; drops the oldest exchanges, then cuts the prompt, then the response."""
         prefix, pairs, too_long = self._fit_exchanges(conv)
-        if any(response is None for _, response in pairs):
-            raise DataError(f"{conv.source}: a user turn has no assistant answer after it")
+        _check_answered(conv, pairs)
         if len(pairs) == 1:
             prefix, pairs = self._cut_single(prefix, pairs[0])
-        input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
-        for prompt, response in pairs:
-            input_ids += prompt + response
-            labels += [IGNORE_INDEX] * len(prompt) + response
-        return Sample(input_ids, labels, truncated=too_long)
+        return _sample(prefix, pairs, too_long)
+
+    def encode_many(self, convs: list[Conversation]) -> list[Sample]:
+        """Same samples as `encode`, with every text piece of the batch tokenized in one call to the
+        fast tokenizer; the rare conversation over cutoff_len takes the slow path."""
+        rendered = [self._render(conv) for conv in convs]
+        texts = [t for system, pairs in rendered for t in [system, *(x for p, r in pairs for x in (p, r or ""))]]
+        ids = iter(self._ids_many(texts))
+        samples = []
+        for conv, (_, pairs) in zip(convs, rendered):
+            system_ids, pair_ids = next(ids), []
+            for _, response in pairs:
+                prompt_ids, response_ids = next(ids), next(ids)
+                pair_ids.append((prompt_ids, None if response is None else response_ids))
+            prefix, pieces = self._pieces(system_ids, pair_ids)
+            if _length(prefix, pieces) > self.cutoff_len:
+                samples.append(self.encode(conv))
+            else:
+                _check_answered(conv, pieces)
+                samples.append(_sample(prefix, pieces, truncated=False))
+        return samples
 
     def prompt_ids(self, conv: Conversation) -> list[int]:
         """Generation prompt for a conversation that ends with a user turn."""
@@ -103,6 +140,19 @@ class Encoder:
         return [], [(prompt, response)]
 
 
+def _check_answered(conv: Conversation, pairs: list) -> None:
+    if any(response is None for _, response in pairs):
+        raise DataError(f"{conv.source}: a user turn has no assistant answer after it")
+
+
+def _sample(prefix: list[int], pairs: list, truncated: bool) -> Sample:
+    input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
+    for prompt, response in pairs:
+        input_ids += prompt + response
+        labels += [IGNORE_INDEX] * len(prompt) + response
+    return Sample(input_ids, labels, truncated)
+
+
 def _length(prefix: list[int], pairs: list) -> int:
     return len(prefix) + sum(len(p) + len(r or []) for p, r in pairs)
 
@@ -113,58 +163,6 @@ def adds_bos(tokenizer) -> bool:
         return False
     ids = tokenizer.encode("a", add_special_tokens=True)
     return bool(ids) and ids[0] == tokenizer.bos_token_id
-
-
-# ---------------------------------------------------------------- datasets
-
-
-@dataclass
-class LoadReport:
-    read: dict[str, int] = field(default_factory=dict)
-    dropped: list[dict] = field(default_factory=list)  # {"source", "reason", "record"}
-    truncated: int = 0
-
-    @property
-    def kept(self) -> int:
-        return sum(self.read.values()) - len(self.dropped)
-
-    def summary(self) -> str:
-        files = ", ".join(f"{Path(p).name}: {n}" for p, n in self.read.items())
-        return (
-            f"read {sum(self.read.values())} records ({files}); kept {self.kept}; "
-            f"dropped {len(self.dropped)} with nothing to train on; truncated {self.truncated} to cutoff_len"
-        )
-
-    def write_dropped(self, path: Path) -> Path | None:
-        if not self.dropped:
-            return None
-        with Path(path).open("w", encoding="utf-8") as f:
-            for row in self.dropped:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return Path(path)
-
-
-def encode_files(paths: list[str], fmt: str, encoder: Encoder) -> tuple[list[Sample], LoadReport]:
-    samples, report = [], LoadReport()
-    for path in paths:
-        report.read[path] = 0
-        for conv, record in read_conversations(path, fmt):
-            report.read[path] += 1
-            sample = encoder.encode(conv)
-            if not has_target(sample, encoder.eos_id):
-                reason = "every answer is empty: only EOS would be trained"
-                report.dropped.append({"source": conv.source, "reason": reason, "record": record})
-                continue
-            report.truncated += sample.truncated
-            samples.append(sample)
-    if not samples:
-        raise DataError(f"no trainable records in {', '.join(paths)} ({len(report.dropped)} dropped, all empty)")
-    return samples, report
-
-
-def has_target(sample: Sample, eos_id: int) -> bool:
-    """At least one trained token besides EOS: a sample of prompt + EOS teaches only to stay silent."""
-    return any(label not in (IGNORE_INDEX, eos_id) for label in sample.labels)
 
 
 # ---------------------------------------------------------------- batching

@@ -1,64 +1,209 @@
-"""Read instruction data files into Conversations, with file:line in every error.
+"""File level: which files, which text encoding, and each record with the line it starts on.
 
-First cut: Alpaca/BELLE records (`instruction`, `input`, `output`, optional `system`
-and `history` as [[query, response], ...]) and raw `text` records, from a `.json`
-array or a `.jsonl` file, UTF-8 with or without BOM.
+Turning a record into a Conversation is formats.py's work; here a bad record is not an error
+yet but a RawRecord that says why it could not be parsed, so the caller can stop or skip it.
+Only what cannot be skipped raises DataError: a missing file, a .json file that is not a
+JSON array, a syntax error inside one, text that no supported encoding decodes.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
-from lmtune.errors import DataError
+from lmtune.data.formats import detect_format, to_conversation, type_name
+from lmtune.data.records import Conversation
+from lmtune.errors import DataError, RecordError
 
-FORMATS = ("alpaca", "text")
+SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+SAMPLE_BYTES = 1 << 20  # what detect_encoding looks at; a detector needs far less, UTF-8 checks are cheap
+
+# ---------------------------------------------------------------- files
 
 
-def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) for every object in a .json array or .jsonl file."""
-    path = Path(path)
+def data_files(paths: list[str]) -> list[Path]:
+    """Files as given; folders expanded into the supported files under them, sorted."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += _folder_files(path)
+        else:
+            files.append(_data_file(path))
+    return files
+
+
+def _data_file(path: Path) -> Path:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type; data files must end in {', '.join(SUPPORTED_SUFFIXES)}")
+    return path
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    # Hidden entries are tool state (.ipynb_checkpoints, .cache), never data; a LLaMA-Factory
+    # registry sitting among its data files describes them and is not data itself.
+    found = sorted(
+        path for path in folder.rglob("*")
+        if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES and path.name != "dataset_info.json"
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+    if not found:
+        raise DataError(f"{folder}: no data files in this folder ({', '.join(SUPPORTED_SUFFIXES)})")
+    return found
+
+
+# ---------------------------------------------------------------- encodings
+
+_BOMS = (  # UTF-32's BOMs begin with UTF-16's, so they are checked first
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# On short samples several double-byte codecs decode equally cleanly (GBK text scores as well
+# as Korean cp949); lmtune's users bring Chinese data, so a tie goes to the Chinese codecs.
+_TIE_PREFERENCE = ("gb18030", "big5")
+_SUPERSETS = {"gbk": "gb18030", "gb2312": "gb18030"}  # decode GBK-detected text with its superset
+
+
+def detect_encoding(path: Path) -> str:
+    """The text encoding of a file, named as Python's codecs know it ("utf-8", "gb18030", …)."""
+    with open(path, "rb") as handle:
+        sample = handle.read(SAMPLE_BYTES)
+        complete = not handle.read(1)
+    for bom, name in _BOMS:
+        if sample.startswith(bom):
+            return name
+    # Strict UTF-8 first: by far the most common, and detectors mislabel short UTF-8 files.
+    if _is_utf8(sample, complete):
+        return "utf-8"
+    if not complete:
+        # The detector rejects a codec that fails on the sample's cut-off last character;
+        # a newline byte is never part of a GB18030 or Big5 character, so cut after one.
+        sample = sample[: sample.rfind(b"\n") + 1] or sample
+    name = _guess(sample)
+    if name is None:
+        raise DataError(f"{path}: cannot tell its text encoding; is it text? Save it as UTF-8")
+    return name
+
+
+def _is_utf8(sample: bytes, complete: bool) -> bool:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=complete)  # the sample may end mid-character
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _guess(sample: bytes) -> str | None:
+    from charset_normalizer import from_bytes  # imported here: only non-UTF-8 files need it
+
+    matches = list(from_bytes(sample))
+    if not matches:
+        return None
+    least = min(match.chaos for match in matches)
+    tied = [codecs.lookup(match.encoding).name for match in matches if match.chaos == least]
+    name = next((preferred for preferred in _TIE_PREFERENCE if preferred in tied), tied[0])
+    return _SUPERSETS.get(name, name)
+
+
+_MIXED_HINT = "the file mixes encodings or is not text; save it as UTF-8"
+
+
+def _read_text(path: Path, encoding: str) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
-    records = _jsonl_records(path, text) if path.suffix == ".jsonl" else _json_array_records(path, text)
-    for line, record in records:
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{line}: expected a JSON object per record, got {type(record).__name__}")
-        yield line, record
+        line = data[: exc.start].decode(encoding, errors="replace").count("\n") + 1
+        raise DataError(f"{path}:{line}: not valid {encoding} text ({exc.reason}); {_MIXED_HINT}") from exc
 
 
-def _jsonl_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}:{exc.colno}: malformed JSON: {exc.msg}") from exc
+def _file_lines(path: Path, encoding: str, newline: str | None) -> Iterator[str]:
+    """The file's lines, read lazily from the handle."""
+    number = 0
+    with open(path, encoding=encoding, newline=newline) as handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                yield line
+        except UnicodeDecodeError as exc:
+            # The handle decodes in blocks of several KB, so only the last good line is known.
+            where = f"{path}: not valid {encoding} text within a few KB after line {number}"
+            raise DataError(f"{where} ({exc.reason}); {_MIXED_HINT}") from exc
 
 
-def _json_array_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+# ---------------------------------------------------------------- records
+
+
+@dataclass
+class RawRecord:
+    path: str
+    line: int  # 1-based: the line the record starts on (.csv: header = line 1; .parquet: row index + 1)
+    record: dict | None  # the parsed object, None if it could not be parsed
+    raw: str | None  # the record's original text when record is None
+    error: str | None  # why it could not be parsed
+    column: int | None = None  # of a JSON syntax error, for FILE:LINE:COL messages that editors follow
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def open_records(path: Path, streaming: bool = False) -> tuple[str, Iterator[RawRecord]]:
+    """(encoding, records) of one data file.
+
+    .json: one JSON array, read whole (a syntax error in it raises DataError: nothing after it can
+    be trusted). .jsonl: one object per line; a bad line is a RawRecord with its error, and reading
+    goes on. .csv: a header, then one record per row, every column a string. .parquet: one record
+    per row, read batch by batch. .txt: the whole file is one {"text"} record, or with streaming
+    each paragraph (lines between blank lines) is one. streaming=True reads .jsonl/.csv/.txt line
+    by line from the file, never whole; .json is read whole either way.
+    """
+    path = _data_file(Path(path))
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return "utf-8", _parquet_records(path)  # Parquet strings are UTF-8 by specification
+    encoding = detect_encoding(path)
+    if suffix == ".json":
+        return encoding, _json_array_records(path, _read_text(path, encoding))
+    # Both ways give the same lines: \r\n and \r read as \n, except in .csv, which keeps line
+    # breaks inside quoted fields itself. Never str.splitlines: it also splits at U+2028 and other
+    # separators that json.dumps(ensure_ascii=False) leaves unescaped inside strings.
+    newline = "" if suffix == ".csv" else None
+    if streaming:
+        lines: Iterable[str] = _file_lines(path, encoding, newline)
+    else:
+        lines = io.StringIO(_read_text(path, encoding), newline=newline)
+    if suffix == ".jsonl":
+        return encoding, _jsonl_records(path, lines)
+    if suffix == ".csv":
+        return encoding, _csv_records(path, lines)
+    return encoding, _paragraph_records(path, lines) if streaming else _whole_text(path, lines)
+
+
+def _json_array_records(path: Path, text: str) -> Iterator[RawRecord]:
     """Walk the array element by element so each record knows its line."""
     decoder = json.JSONDecoder()
     pos = _skip_space(text, 0)
     if text[pos : pos + 1] != "[":
         line = text.count("\n", 0, pos) + 1
-        raise DataError(f"{path}:{line}: a .json data file must hold one JSON array; use .jsonl for one object per line")
+        raise DataError(
+            f"{path}:{line}: a .json data file must hold one JSON array; use .jsonl for one object per line"
+        )
     pos = _skip_space(text, pos + 1)
     if text[pos : pos + 1] == "]":
         return
     while True:
         try:
-            record, end = decoder.raw_decode(text, pos)
+            value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from exc
-        yield text.count("\n", 0, pos) + 1, record
+        yield _object_record(path, text.count("\n", 0, pos) + 1, value, text[pos:end])
         pos = _skip_space(text, end)
         char = text[pos : pos + 1]
         if char == "]":
@@ -78,62 +223,116 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-# ---------------------------------------------------------------- formats
+def _jsonl_records(path: Path, lines: Iterable[str]) -> Iterator[RawRecord]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        text = line.rstrip("\r\n")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            error = f"malformed JSON: {exc.msg} (column {exc.colno})"
+            yield RawRecord(str(path), number, None, text, error, column=exc.colno)
+            continue
+        yield _object_record(path, number, value, text)
 
 
-def detect_format(record: dict[str, Any], where: str) -> str:
-    if "instruction" in record:
-        return "alpaca"
-    if "text" in record:
-        return "text"
-    keys = ", ".join(sorted(record)) or "none"
-    raise DataError(
-        f"{where}: cannot tell the data format from keys ({keys}); "
-        "expected alpaca records (instruction, input, output) or text records (text)"
-    )
+def _object_record(path: Path, line: int, value: Any, text: str) -> RawRecord:
+    if isinstance(value, dict):
+        return RawRecord(str(path), line, value, None, None)
+    return RawRecord(str(path), line, None, text, f"expected a JSON object, got {type_name(value)}")
 
 
-def to_conversation(record: dict[str, Any], fmt: str, where: str) -> Conversation:
-    if fmt == "alpaca":
-        return _alpaca(record, where)
-    if fmt == "text":
-        return Conversation([Turn(ASSISTANT, _text_field(record, "text", where))], source=where)
-    raise DataError(f"unknown data format '{fmt}'; known: {', '.join(FORMATS)}")
+def _csv_records(path: Path, lines: Iterable[str]) -> Iterator[RawRecord]:
+    # csv.reader rather than DictReader: DictReader skips blank lines without saying, which
+    # loses the line a record starts on, and pads or collects a wrong number of fields silently.
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+        end = reader.line_num
+        for row in reader:
+            start, end = end + 1, reader.line_num  # a quoted field may span several lines
+            if not row:
+                continue
+            if len(row) != len(header):
+                error = f"row has {len(row)} fields, the header has {len(header)}"
+                yield RawRecord(str(path), start, None, _csv_line(row), error)
+            else:
+                yield RawRecord(str(path), start, dict(zip(header, row)), None, None)
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from exc
 
 
-def _alpaca(record: dict[str, Any], where: str) -> Conversation:
-    for key in ("instruction", "output"):
-        if key not in record:
-            raise DataError(f"{where}: record has no '{key}' field; alpaca records need 'instruction' and 'output'")
-    turns: list[Turn] = []
-    history = record.get("history") or []
-    if not isinstance(history, list):
-        raise DataError(f"{where}: 'history' must be a list of [query, response] pairs")
-    for i, pair in enumerate(history):
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise DataError(f"{where}: history[{i}] must be a [query, response] pair of strings")
-        turns += [Turn(USER, pair[0]), Turn(ASSISTANT, pair[1])]
-    turns.append(Turn(USER, _text_field(record, "instruction", where), input=_text_field(record, "input", where)))
-    turns.append(Turn(ASSISTANT, _text_field(record, "output", where)))
-    system = record.get("system") or None
-    if system is not None and not isinstance(system, str):
-        raise DataError(f"{where}: 'system' must be a string")
-    return Conversation(turns, system=system, source=where)
+def _csv_line(row: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(row)
+    return out.getvalue()
 
 
-def _text_field(record: dict[str, Any], key: str, where: str) -> str:
-    value = record.get(key, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise DataError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
-    return value
+def _parquet_records(path: Path) -> Iterator[RawRecord]:
+    import pyarrow as pa  # imported here: only .parquet files need it
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+    row = 0
+    with parquet:
+        for batch in parquet.iter_batches():
+            for record in batch.to_pylist():  # plain lists, dicts and str, no numpy or arrow types
+                row += 1
+                yield RawRecord(str(path), row, record, None, None)
 
 
-def read_conversations(path: str | Path, fmt: str = "auto") -> Iterator[tuple[Conversation, dict[str, Any]]]:
-    """Yield (conversation, original record) for every record of one file."""
+def _paragraph_records(path: Path, lines: Iterable[str]) -> Iterator[RawRecord]:
+    block: list[str] = []
+    start = 0
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            if not block:
+                start = number
+            block.append(line)
+        elif block:
+            yield _paragraph(path, start, block)
+            block = []
+    if block:
+        yield _paragraph(path, start, block)
+
+
+def _paragraph(path: Path, start: int, lines: list[str]) -> RawRecord:
+    return RawRecord(str(path), start, {"text": "".join(lines).rstrip("\n")}, None, None)
+
+
+def _whole_text(path: Path, lines: Iterable[str]) -> Iterator[RawRecord]:
+    yield RawRecord(str(path), 1, {"text": "".join(lines)}, None, None)
+
+
+# ---------------------------------------------------------------- one file, stop at the first problem
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, record) for every record of one file; DataError "FILE:LINE[:COL]: reason" at the first bad one."""
+    _encoding, records = open_records(Path(path))
+    for raw in records:
+        if raw.record is None:
+            where = f"{raw.where}:{raw.column}" if raw.column else raw.where
+            raise DataError(f"{where}: {raw.error}")
+        yield raw.line, raw.record
+
+
+def read_conversations(
+    path: str | Path, fmt: str = "auto", prompt_only: bool = False
+) -> Iterator[tuple[Conversation, dict[str, Any]]]:
+    """(conversation, original record) for every record of one file, the format detected once per file.
+    prompt_only: records to answer, whose answer may be missing (see formats.to_conversation)."""
     file_format = None if fmt == "auto" else fmt
     for line, record in read_records(path):
         where = f"{path}:{line}"
-        file_format = file_format or detect_format(record, where)
-        yield to_conversation(record, file_format, where), record
+        try:
+            file_format = file_format or detect_format(record)
+            conv = to_conversation(record, file_format, prompt_only=prompt_only)
+        except RecordError as exc:
+            raise DataError(f"{where}: {exc}") from exc
+        conv.source = where
+        yield conv, record

@@ -23,9 +23,10 @@ class Conversation:
     turns: list[Turn]
     system: str | None = None
     source: str = ""  # "file:line", for messages that point at the record
+    origin: tuple[str, int] | None = None  # (file, record index): which record this is, for accounting
 
     def without_last_answer(self) -> tuple[Conversation, str | None]:
         """The prompt part (ending with a user turn) and the reference answer, if any."""
         if self.turns and self.turns[-1].role == ASSISTANT:
-            return Conversation(self.turns[:-1], self.system, self.source), self.turns[-1].content
+            return Conversation(self.turns[:-1], self.system, self.source, self.origin), self.turns[-1].content
         return self, None

@@ -20,7 +20,7 @@ def generate_file(
 ) -> int:
     """Writes each input record plus `prediction`, in input order; returns the record count."""
     items = []
-    for conv, record in read_conversations(data):
+    for conv, record in read_conversations(data, prompt_only=True):
         prompt, _reference = conv.without_last_answer()
         if not prompt.turns:
             raise DataError(f"{conv.source}: record has no question to answer")

@@ -25,6 +25,8 @@ class MetricsFile(TrainerCallback):
         self._last = (time.perf_counter(), state.num_input_tokens_seen)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "eval_loss" in logs:
+            self._write({"step": state.global_step, "eval_loss": logs["eval_loss"]})
         if not logs or "loss" not in logs:
             return  # the end-of-training summary has train_loss etc., not a step
         now, tokens = time.perf_counter(), state.num_input_tokens_seen
@@ -38,6 +40,9 @@ class MetricsFile(TrainerCallback):
             "grad_norm": logs.get("grad_norm"),
             "tokens_per_second": round((tokens - last_tokens) / max(now - last_time, 1e-9), 1),
         }
+        self._write(row)
+
+    def _write(self, row: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -54,6 +59,8 @@ class ProgressLines(TrainerCallback):
         self._started = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "eval_loss" in logs:
+            self.log(f"step {state.global_step}/{state.max_steps}  dev loss {logs['eval_loss']:.4f}")
         if not logs or "loss" not in logs:
             return
         elapsed = time.perf_counter() - self._started
@@ -91,15 +98,21 @@ def plot_loss(output_dir: Path) -> Path | None:
     matplotlib.use("Agg")  # no display on training servers
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in rows]
-    losses = [r["loss"] for r in rows]
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]
+    if not train_rows:
+        return None
+    steps = [r["step"] for r in train_rows]
+    losses = [r["loss"] for r in train_rows]
     weight = max(0.0, min(0.9, 1 - 10 / len(losses)))  # short runs get little or no smoothing
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, losses, alpha=0.35 if weight else 1.0, label="loss")
     if weight:
         ax.plot(steps, smoothed(losses, weight), label=f"smoothed (EMA {weight:.2f})")
+    if eval_rows:
+        ax.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="dev loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("loss")
     ax.set_title(Path(output_dir).name)
     ax.grid(alpha=0.3)
     ax.legend()

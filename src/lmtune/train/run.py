@@ -9,8 +9,11 @@ from pathlib import Path
 import torch
 
 from lmtune.config import RunConfig, resolve_paths, save_run_config
-from lmtune.data.encode import Collator, Encoder, LoadReport, encode_files
-from lmtune.errors import ConfigError, DataError
+from lmtune.data.encode import Collator, Encoder, Sample
+from lmtune.data.load import LoadReport
+from lmtune.data.prepare import Prepared, prepare
+from lmtune.data.registry import resolve_datasets
+from lmtune.errors import ConfigError
 from lmtune.model.adapters import adapter_state, attach_lora, verify_adapter
 from lmtune.model.load import (
     align_special_tokens,
@@ -39,31 +42,37 @@ def train(config: RunConfig) -> TrainResult:
     output_dir = Path(config.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_model_dir(config.model.path)
-    for path in config.data.path:
-        if not Path(path).is_file():
-            raise DataError(f"data file not found: {path}")
+    resolve_datasets(config.data)  # missing files and unknown dataset names fail before any loading
     save_run_config(config, output_dir)  # written first, so even a failed run says what it was
 
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     encoder = Encoder(tokenizer, get_template(config.data.template), config.data.cutoff_len)
-    samples, report = encode_files(config.data.path, config.data.format, encoder)
-    log.info("data: %s", report.summary())
-    if dropped := report.write_dropped(output_dir / "dropped.jsonl"):
-        log.warning("%d records dropped (nothing to train on); they are in %s", len(report.dropped), dropped)
+    data = prepare(config.data, encoder, config.train.seed)
+    _log_data(data, output_dir)
 
     model = _load_model(config)
     align_special_tokens(model, tokenizer)
-    check_token_ids(max(max(s.input_ids) for s in samples), model, tokenizer)
+    check_token_ids(max(max(s.input_ids) for s in data.train + data.dev), model, tokenizer)
     model, initial = _prepare_method(model, config)
 
-    trainer = _build_trainer(config, model, tokenizer, [{"input_ids": s.input_ids, "labels": s.labels} for s in samples])
+    trainer = _build_trainer(config, model, tokenizer, _rows(data.train), _rows(data.dev))
     outcome = trainer.train()
 
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(output_dir)
     if initial is not None:
         verify_adapter(output_dir, initial)
-    return TrainResult(output_dir, report, outcome.training_loss, plot_loss(output_dir))
+    return TrainResult(output_dir, data.report, outcome.training_loss, plot_loss(output_dir))
+
+
+def _log_data(data: Prepared, output_dir: Path) -> None:
+    log.info("data: %s; %d truncated to cutoff_len", data.report.summary(), data.truncated)
+    for path in data.report.write(output_dir):
+        log.warning("data: records set aside are listed in %s", path)
+
+
+def _rows(samples: list[Sample]) -> list[dict]:
+    return [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
 
 
 def _load_model(config: RunConfig):
@@ -87,13 +96,16 @@ def _prepare_method(model, config: RunConfig):
     return model, adapter_state(model)
 
 
-def _build_trainer(config: RunConfig, model, tokenizer, dataset: list[dict]):
+def _build_trainer(config: RunConfig, model, tokenizer, train_rows: list[dict], dev_rows: list[dict]):
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     args = config.train.training_arguments()
     args.setdefault("remove_unused_columns", False)  # our collator needs input_ids and labels as they are
     args.setdefault("include_num_input_tokens_seen", "non_padding")  # for tokens/s in metrics.jsonl
     args.setdefault("disable_tqdm", True)  # ProgressLines reports instead
+    if dev_rows:
+        args.setdefault("eval_strategy", "steps")
+        args.setdefault("eval_steps", 0.1)  # ten evaluations per run, whatever its length
     half = resolve_dtype(config.model.dtype)
     if torch.cuda.is_available() and half != torch.float32:
         args.setdefault("bf16", half == torch.bfloat16)
@@ -105,7 +117,8 @@ def _build_trainer(config: RunConfig, model, tokenizer, dataset: list[dict]):
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=dataset,
+        train_dataset=train_rows,
+        eval_dataset=dev_rows or None,
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[MetricsFile(Path(config.train.output_dir)), ProgressLines(log.info)],

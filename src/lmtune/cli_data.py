@@ -1,0 +1,185 @@
+"""`lmtune data …`: inspect, convert, split, mix, filter and encode data files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmtune.config import DATA_FORMATS, DataConfig, FiltersConfig
+from lmtune.errors import ConfigError
+
+data_app = typer.Typer(no_args_is_help=True, help="Inspect, convert, split, mix, filter and encode data files.")
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
+
+FORMAT = typer.Option("auto", "--format", help=f"Input format: {', '.join(DATA_FORMATS)}.")
+ON_ERROR = typer.Option("raise", "--on-error", help="raise: stop at the first bad record; skip: set it aside.")
+SEED = typer.Option(42, "--seed", help="Seed for sampling and splits.")
+DATASET_DIR = typer.Option("data", "--dataset-dir", help="Folder with dataset_info.json, for dataset names.")
+
+
+def _config(inputs: list[str], dataset_dir: str = "data", **settings) -> DataConfig:
+    """Existing paths are files or folders; anything else is a dataset name in dataset_dir."""
+    paths = [i for i in inputs if Path(i).exists()]
+    names = [i for i in inputs if not Path(i).exists()]
+    if names and not (Path(dataset_dir) / "dataset_info.json").is_file():
+        raise ConfigError(f"data file not found: {names[0]} (and no {dataset_dir}/dataset_info.json to look it up)")
+    try:
+        return DataConfig(path=paths, dataset=names, dataset_dir=dataset_dir, cache=False, **settings)
+    except ValueError as exc:
+        raise ConfigError(" ".join(str(exc).split())) from exc
+
+
+def _encoder(tokenizer: Optional[str], template: str, cutoff_len: int):
+    from lmtune.data.encode import Encoder
+    from lmtune.model.load import load_tokenizer
+    from lmtune.templates.template import get_template
+
+    return Encoder(load_tokenizer(tokenizer), get_template(template), cutoff_len) if tokenizer else None
+
+
+def _report(written) -> None:
+    console.print(f"data: {written.report.summary()}")
+    for path, count in written.files.items():
+        console.print(f"wrote {count} records to {path}")
+    for path in written.set_aside:
+        console.print(f"set aside: {path}")
+
+
+@data_app.command()
+def inspect(
+    files: list[str] = typer.Argument(..., help="Data files, folders or dataset names."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder, for token lengths."),
+    template: str = typer.Option("alpaca", "--template", help="Template the token lengths include."),
+    fmt: str = FORMAT,
+    examples: int = typer.Option(2, "--examples", help="Conversations to show per file."),
+    dataset_dir: str = DATASET_DIR,
+):
+    """Format, encoding, record counts, turns, token lengths, languages and examples per file."""
+    from lmtune.data.inspect import inspect_data
+
+    stats = inspect_data(_config(files, dataset_dir, format=fmt, on_error="skip"), _encoder(tokenizer, template, 2**31), examples)
+    for s in stats:
+        table = Table(title=s.path, show_header=False, title_justify="left")
+        table.add_row("format / encoding", f"{s.format} / {s.encoding}")
+        table.add_row("records", f"{s.read} read, {s.read - len(s.rejected)} valid, {len(s.rejected)} rejected")
+        if s.turns:
+            table.add_row("turns per conversation", f"min {s.turns[0]}, mean {s.turns[1]:.1f}, max {s.turns[2]}")
+        if s.token_lengths:
+            table.add_row(f"tokens with {template}", ", ".join(f"p{p} {n}" for p, n in s.token_lengths.items()).replace("p100", "max"))
+        total = sum(s.languages.values()) or 1
+        table.add_row("languages", ", ".join(f"{lang} {100 * n / total:.0f}%" for lang, n in s.languages.most_common()))
+        for row in s.rejected[:3]:
+            table.add_row("[red]rejected[/]", f"{row['source']}: {row['reason']}")
+        for conv in s.examples:
+            turns = [f"[bold]{t.role}[/]: {t.content}" + (f" | {t.input}" if t.input else "") for t in conv.turns]
+            table.add_row(f"example {conv.source.rsplit(':', 1)[-1]}", "\n".join(([f"[bold]system[/]: {conv.system}"] if conv.system else []) + turns))
+        out_console.print(table)
+
+
+@data_app.command()
+def convert(
+    files: list[str] = typer.Argument(..., help="Data files, folders or dataset names."),
+    to: str = typer.Option(..., "--to", help="alpaca | sharegpt | messages"),
+    out: Path = typer.Option(..., "--out", help="Output .jsonl"),
+    fmt: str = FORMAT,
+    on_error: str = ON_ERROR,
+    dataset_dir: str = DATASET_DIR,
+):
+    """Rewrite data in another format (UTF-8 JSON lines)."""
+    from lmtune.data import export
+    from lmtune.data.convert import TARGETS
+
+    if to not in TARGETS:
+        raise ConfigError(f"--to {to}: choose one of {', '.join(TARGETS)}")
+    _report(export.convert(_config(files, dataset_dir, format=fmt, on_error=on_error), to, out))
+
+
+@data_app.command()
+def split(
+    files: list[str] = typer.Argument(..., help="Data files, folders or dataset names."),
+    val_size: float = typer.Option(..., "--val-size", help="Dev share (< 1) or count (>= 1)."),
+    out_dir: Path = typer.Option(..., "--out-dir", help="Gets train.jsonl and dev.jsonl."),
+    fmt: str = FORMAT,
+    on_error: str = ON_ERROR,
+    seed: int = SEED,
+    dataset_dir: str = DATASET_DIR,
+):
+    """Seeded random train/dev split of the original records."""
+    from lmtune.data import export
+
+    _report(export.split(_config(files, dataset_dir, format=fmt, on_error=on_error, val_size=val_size), out_dir, seed))
+
+
+@data_app.command()
+def mix(
+    parts: list[str] = typer.Argument(..., help="FILE=SHARE (< 1) or FILE=COUNT (>= 1), one per dataset."),
+    out: Path = typer.Option(..., "--out", help="Output .jsonl"),
+    to: str = typer.Option("sharegpt", "--to", help="Output format: alpaca | sharegpt | messages."),
+    on_error: str = ON_ERROR,
+    seed: int = SEED,
+    dataset_dir: str = DATASET_DIR,
+):
+    """Mix datasets by share or count into one file."""
+    from lmtune.data import export
+    from lmtune.data.registry import dataset_name
+
+    pairs = [p.rpartition("=") for p in parts]
+    if any(not sep or not name for name, sep, _ in pairs):
+        raise ConfigError("each part must look like FILE=SHARE or FILE=COUNT, e.g. belle.json=0.7 moss.jsonl=0.3")
+    try:
+        mix_values = {dataset_name(name): float(value) for name, _, value in pairs}
+    except ValueError as exc:
+        raise ConfigError(f"mix values must be numbers: {exc}") from exc
+    config = _config([name for name, _, _ in pairs], dataset_dir, on_error=on_error, mix=mix_values)
+    _report(export.convert(config, to, out, seed))
+
+
+@data_app.command("filter")
+def filter_(
+    files: list[str] = typer.Argument(..., help="Data files, folders or dataset names."),
+    out: Path = typer.Option(..., "--out", help="Output .jsonl of the records that pass."),
+    languages: Optional[list[str]] = typer.Option(None, "--language", help="Keep zh and/or en (repeat the option)."),
+    dedup: str = typer.Option("none", "--dedup", help="none | exact | near"),
+    min_length: Optional[int] = typer.Option(None, "--min-length"),
+    max_length: Optional[int] = typer.Option(None, "--max-length"),
+    length_unit: str = typer.Option("chars", "--length-unit", help="chars | tokens (needs --tokenizer)"),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer"),
+    fmt: str = FORMAT,
+    on_error: str = ON_ERROR,
+    dataset_dir: str = DATASET_DIR,
+):
+    """Keep the original records that pass length, language and duplicate filters."""
+    from lmtune.data import export
+    from lmtune.model.load import load_tokenizer
+
+    try:
+        filters = FiltersConfig(
+            languages=languages, dedup=dedup, min_length=min_length, max_length=max_length, length_unit=length_unit
+        )
+    except ValueError as exc:
+        raise ConfigError(" ".join(str(exc).split())) from exc
+    config = _config(files, dataset_dir, format=fmt, on_error=on_error, filters=filters)
+    _report(export.filter_records(config, load_tokenizer(tokenizer) if tokenizer else None, out))
+
+
+@data_app.command()
+def encode(
+    data: list[str] = typer.Option(..., "--data", help="Data file, folder or dataset name (repeatable)."),
+    template: str = typer.Option(..., "--template", help="Prompt template."),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer folder."),
+    out: Path = typer.Option(..., "--out", help="Output .jsonl: input_ids and labels per record."),
+    cutoff_len: int = typer.Option(1024, "--cutoff-len"),
+    fmt: str = FORMAT,
+    on_error: str = ON_ERROR,
+    dataset_dir: str = DATASET_DIR,
+):
+    """Write input_ids and labels exactly as training sees them."""
+    from lmtune.data import export
+
+    config = _config(data, dataset_dir, format=fmt, on_error=on_error, template=template, cutoff_len=cutoff_len)
+    _report(export.encode(config, _encoder(tokenizer, template, cutoff_len), out))

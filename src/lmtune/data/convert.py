@@ -1,0 +1,50 @@
+"""Conversations back to the common file formats, for `lmtune data convert` and `data mix`."""
+
+from __future__ import annotations
+
+from lmtune.data.formats import MESSAGES_TAGS, SHAREGPT_TAGS
+from lmtune.data.records import ASSISTANT, FUNCTION, OBSERVATION, USER, Conversation, Turn
+from lmtune.errors import RecordError
+
+TARGETS = ("alpaca", "sharegpt", "messages")
+
+
+def _role_names(tags: dict[str, str]) -> dict[str, str]:
+    """The reader's own tag names, so what `convert` writes reads back unchanged."""
+    return {USER: tags["user_tag"], ASSISTANT: tags["assistant_tag"], FUNCTION: tags["function_tag"], OBSERVATION: tags["observation_tag"]}
+
+
+SHAREGPT_FROM = _role_names(SHAREGPT_TAGS)
+MESSAGES_ROLE = _role_names(MESSAGES_TAGS)
+
+
+def from_conversation(conv: Conversation, target: str) -> dict:
+    if target == "alpaca":
+        return _alpaca(conv)
+    if target == "sharegpt":
+        record = {"conversations": [{"from": SHAREGPT_FROM[t.role], "value": _text(t)} for t in conv.turns]}
+        return {**record, "system": conv.system} if conv.system else record
+    if target == "messages":
+        system = [{"role": "system", "content": conv.system}] if conv.system else []
+        return {"messages": system + [{"role": MESSAGES_ROLE[t.role], "content": _text(t)} for t in conv.turns]}
+    raise ValueError(f"unknown target format {target!r}")
+
+
+def _alpaca(conv: Conversation) -> dict:
+    turns = conv.turns
+    roles = [t.role for t in turns]
+    if roles != [USER, ASSISTANT] * (len(turns) // 2) or not turns:
+        raise RecordError("alpaca holds user/assistant exchanges only; convert this conversation to sharegpt or messages")
+    history = [[_text(q), a.content] for q, a in zip(turns[:-2:2], turns[1:-2:2])]
+    last_user, answer = turns[-2], turns[-1]
+    record = {"instruction": last_user.content, "input": last_user.input, "output": answer.content}
+    if history:
+        record["history"] = history
+    if conv.system:
+        record["system"] = conv.system
+    return record
+
+
+def _text(turn: Turn) -> str:
+    """A turn's text for formats without Alpaca's separate input field."""
+    return f"{turn.content}\n{turn.input}" if turn.input else turn.content

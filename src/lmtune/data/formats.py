@@ -1,0 +1,286 @@
+"""Record level: tell an instruction-data format from a record's keys and convert it to a Conversation.
+
+One small function per format. Every problem is a RecordError whose message is the reason
+alone ("'output': empty assistant response"); the caller prefixes "FILE:LINE: " and decides
+whether to stop or set the record aside. Column and tag renames follow LLaMA-Factory's
+dataset_info.json, so its registry entries work unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lmtune.data.records import ASSISTANT, FUNCTION, OBSERVATION, USER, Conversation, Turn
+from lmtune.errors import DataError, RecordError
+
+FORMATS = ("alpaca", "sharegpt", "messages", "moss", "firefly", "belle_multiturn", "text")
+SYSTEM = "system"  # a message role that becomes Conversation.system, never a Turn
+
+# LLaMA-Factory's defaults; a dataset's `columns` / `tags` override them key by key.
+ALPACA_COLUMNS = {
+    "prompt": "instruction", "query": "input", "response": "output", "history": "history", "system": "system",
+}
+SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system"}
+SHAREGPT_TAGS = {
+    "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+    "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
+}
+MESSAGES_COLUMNS = {"messages": "messages", "system": "system"}
+# OpenAI's "tool" messages carry a tool's result. OpenAI has no role for the call itself (it rides
+# on an assistant message as `tool_calls`, not read here); lmtune writes calls as role "function".
+MESSAGES_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                 "observation_tag": "tool", "function_tag": "function", "system_tag": "system"}
+
+# The key that gives each format away, checked in this order.
+_TELLTALE_KEYS = (("sharegpt", "conversations"), ("messages", "messages"), ("moss", "chat"),
+                  ("firefly", "conversation"), ("alpaca", "instruction"), ("text", "text"))
+_EXPECTED = ("alpaca (instruction, output), sharegpt (conversations), messages (messages), "
+             "moss (chat), firefly (conversation), text (text)")
+
+# After an optional system prompt: user, assistant, user, assistant, … where an assistant answer
+# may be a function call followed by its observation and then the answer (LLaMA-Factory's rule).
+_NEXT_ROLES = {None: (USER,), USER: (ASSISTANT, FUNCTION), ASSISTANT: (USER,),
+               FUNCTION: (OBSERVATION,), OBSERVATION: (ASSISTANT, FUNCTION)}
+_LAST_ROLES = (ASSISTANT, FUNCTION)
+
+_BELLE_SPEAKER = re.compile(r"^(Human|Assistant)[:：]", re.MULTILINE)
+_MOSS_MARKERS = re.compile(r"<\|Human\|>:|<eoh>|<\|MOSS\|>:|<eom>")
+_MOSS_TURN = re.compile(r"turn_(\d+)")
+
+Labelled = list[tuple[str, Turn]]  # each turn with the field it came from, for error messages
+Extracted = tuple[Labelled, str | None, str]  # turns, system prompt, the field that held the turns
+
+
+def detect_format(record: dict[str, Any]) -> str:
+    for fmt, key in _TELLTALE_KEYS:
+        if key in record:
+            return "belle_multiturn" if fmt == "alpaca" and _is_belle_dialogue(record[key]) else fmt
+    keys = ", ".join(sorted(record)) or "none"
+    raise RecordError(f"cannot tell the data format from keys ({keys}); expected one of: {_EXPECTED}")
+
+
+def to_conversation(
+    record: dict[str, Any],
+    fmt: str,
+    columns: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    prompt_only: bool = False,
+) -> Conversation:
+    """prompt_only: for generation, where the answer may be missing or empty and the conversation
+    may end with the user's turn."""
+    columns, tags = columns or {}, tags or {}
+    if fmt == "text":
+        return _text(record)
+    if fmt in ("alpaca", "belle_multiturn"):
+        columns = {**ALPACA_COLUMNS, **columns}
+        if prompt_only:
+            record = {**record, columns["response"]: record.get(columns["response"]) or ""}
+    converters = {
+        "alpaca": lambda: _alpaca(record, columns),
+        "belle_multiturn": lambda: _belle_multiturn(record, columns),
+        "sharegpt": lambda: _chat(record, fmt, {**SHAREGPT_COLUMNS, **columns}, {**SHAREGPT_TAGS, **tags}),
+        "messages": lambda: _chat(record, fmt, {**MESSAGES_COLUMNS, **columns}, {**MESSAGES_TAGS, **tags}),
+        "moss": lambda: _moss(record),
+        "firefly": lambda: _firefly(record),
+    }
+    if fmt in converters:
+        turns, system, field = converters[fmt]()
+        if prompt_only and turns and turns[-1][1].role == ASSISTANT and not turns[-1][1].content.strip():
+            turns = turns[:-1]
+        return _validated(turns, system, field, prompt_only)
+    # Not a RecordError: a wrong format name is a config problem, not one record's.
+    raise DataError(f"unknown data format '{fmt}'; known: {', '.join(FORMATS)}")
+
+
+# ---------------------------------------------------------------- formats
+
+
+def _alpaca(record: dict[str, Any], columns: dict[str, str]) -> Extracted:
+    prompt, response = columns["prompt"], columns["response"]
+    _require(record, (prompt, response), f"alpaca records need '{prompt}' and '{response}'")
+    question = Turn(USER, _string(record[prompt], f"'{prompt}'"), input=_optional(record, columns["query"]))
+    answer = Turn(ASSISTANT, _string(record[response], f"'{response}'"))
+    turns = _history(record.get(columns["history"]), columns["history"])
+    turns += [(f"'{prompt}'", question), (f"'{response}'", answer)]
+    return turns, _optional(record, columns["system"]) or None, prompt
+
+
+def _history(history: Any, field: str) -> Labelled:
+    if history is None:
+        return []
+    if not isinstance(history, list):
+        raise RecordError(f"'{field}' must be a list of [query, response] pairs, got {type_name(history)}")
+    turns: Labelled = []
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise RecordError(f"'{field}[{i}]' must be a [query, response] pair")
+        for j, role in enumerate((USER, ASSISTANT)):
+            said = f"'{field}[{i}][{j}]'"
+            turns.append((said, Turn(role, _string(pair[j], said))))
+    return turns
+
+
+def _is_belle_dialogue(instruction: Any) -> bool:
+    """BELLE's multiturn text starts with "Human:" and has an "Assistant:" line."""
+    return (
+        isinstance(instruction, str)
+        and instruction.startswith(("Human:", "Human："))
+        and "Assistant" in _BELLE_SPEAKER.findall(instruction)
+    )
+
+
+def _belle_multiturn(record: dict[str, Any], columns: dict[str, str]) -> Extracted:
+    """BELLE multiturn_chat: the dialogue as "Human:…\\nAssistant:…" text, the last answer in output."""
+    prompt, response = columns["prompt"], columns["response"]
+    _require(record, (prompt, response), f"belle_multiturn records need '{prompt}' and '{response}'")
+    parts = _BELLE_SPEAKER.split(_string(record[prompt], f"'{prompt}'"))
+    if parts[0].strip():
+        raise RecordError(f"'{prompt}' must start with 'Human:', got {parts[0].strip()[:30]!r}")
+    speakers = [(USER if who == "Human" else ASSISTANT, text.strip()) for who, text in zip(parts[1::2], parts[2::2])]
+    if speakers and speakers[-1] == (ASSISTANT, ""):
+        speakers.pop()  # the trailing "Assistant:" whose answer is the output field
+    turns = [(f"'{prompt}' turn {n}", Turn(role, text)) for n, (role, text) in enumerate(speakers, start=1)]
+    turns.append((f"'{response}'", Turn(ASSISTANT, _string(record[response], f"'{response}'").strip())))
+    return turns, _optional(record, columns["system"]) or None, prompt
+
+
+def _chat(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: dict[str, str]) -> Extracted:
+    """sharegpt and OpenAI messages: a list of {role, content} messages under renameable tags."""
+    field, role_tag, content_tag = columns["messages"], tags["role_tag"], tags["content_tag"]
+    shape = f"'{role_tag}' and '{content_tag}'"
+    _require(record, (field,), f"{fmt} records need '{field}'")
+    messages = record[field]
+    if not isinstance(messages, list):
+        raise RecordError(f"'{field}' must be a list of messages, got {type_name(messages)}")
+    roles = {tags["user_tag"]: USER, tags["assistant_tag"]: ASSISTANT, tags["observation_tag"]: OBSERVATION,
+             tags["function_tag"]: FUNCTION, tags["system_tag"]: SYSTEM}
+    system = _optional(record, columns["system"]) or None
+    turns: Labelled = []
+    for i, message in enumerate(messages):
+        label = f"'{field}[{i}]'"
+        if not isinstance(message, dict):
+            raise RecordError(f"{label} must be an object with {shape}, got {type_name(message)}")
+        _require(message, (role_tag, content_tag), f"every message needs {shape}", label)
+        role = roles.get(message[role_tag]) if isinstance(message[role_tag], str) else None
+        if role is None:
+            raise RecordError(f"{label}: unknown role {message[role_tag]!r} in '{role_tag}'; known: {', '.join(roles)}")
+        content = _content(message[content_tag], f"'{field}[{i}].{content_tag}'")
+        if role == SYSTEM:
+            if i > 0:
+                raise RecordError(f"{label}: a system message may only come first")
+            system = content  # a leading system message wins over a system column, as in LLaMA-Factory
+        else:
+            turns.append((label, Turn(role, content)))
+    return turns, system, field
+
+
+def _content(value: Any, label: str) -> str:
+    """A string, or OpenAI's list of content parts of which only text ones can be trained on."""
+    if not isinstance(value, list):
+        return _string(value, label)
+    texts = []
+    for j, part in enumerate(value):
+        if not (isinstance(part, dict) and part.get("type") == "text"):
+            kind = part.get("type") if isinstance(part, dict) else type_name(part)
+            raise RecordError(f"{label}[{j}]: only text parts can be trained on, got {kind!r}")
+        texts.append(_string(part.get("text"), f"{label}[{j}].text"))
+    return "\n".join(texts)  # parts are separate blocks; vLLM's chat utils join them the same way
+
+
+def _moss(record: dict[str, Any]) -> Extracted:
+    """MOSS-003 SFT: chat.turn_N.{Human, MOSS} with <|Human|>:…<eoh> markers; plugin fields are dropped."""
+    _require(record, ("chat",), "moss records need 'chat'")
+    chat = record["chat"]
+    if not isinstance(chat, dict):
+        raise RecordError(f"'chat' must be an object of turn_1, turn_2, …, got {type_name(chat)}")
+    turns: Labelled = []
+    for key in sorted(chat, key=_moss_turn_number):
+        exchange = chat[key]
+        if not isinstance(exchange, dict):
+            raise RecordError(f"'chat.{key}' must be an object with 'Human' and 'MOSS', got {type_name(exchange)}")
+        _require(exchange, ("Human", "MOSS"), "every MOSS turn needs 'Human' and 'MOSS'", f"'chat.{key}'")
+        for speaker, role in (("Human", USER), ("MOSS", ASSISTANT)):
+            label = f"'chat.{key}.{speaker}'"
+            turns.append((label, Turn(role, _MOSS_MARKERS.sub("", _string(exchange[speaker], label)).strip())))
+    return turns, _optional(record, "meta_instruction").strip() or None, "chat"
+
+
+def _moss_turn_number(key: str) -> int:
+    match = _MOSS_TURN.fullmatch(key)
+    if not match:
+        raise RecordError(f"'chat.{key}': MOSS turns must be named turn_1, turn_2, …")
+    return int(match.group(1))  # numerically, so turn_10 comes after turn_9
+
+
+def _firefly(record: dict[str, Any]) -> Extracted:
+    """Firefly: conversation = [{human, assistant}, …]; conversation_id, category and dataset are ignored."""
+    _require(record, ("conversation",), "firefly records need 'conversation'")
+    pairs = record["conversation"]
+    if not isinstance(pairs, list):
+        raise RecordError(f"'conversation' must be a list of {{human, assistant}} objects, got {type_name(pairs)}")
+    turns: Labelled = []
+    for i, pair in enumerate(pairs):
+        label = f"'conversation[{i}]'"
+        if not isinstance(pair, dict):
+            raise RecordError(f"{label} must be an object with 'human' and 'assistant', got {type_name(pair)}")
+        _require(pair, ("human", "assistant"), "every exchange needs 'human' and 'assistant'", label)
+        for speaker, role in (("human", USER), ("assistant", ASSISTANT)):
+            spoken = f"'conversation[{i}].{speaker}'"
+            turns.append((spoken, Turn(role, _string(pair[speaker], spoken))))
+    return turns, _optional(record, "system") or None, "conversation"
+
+
+def _text(record: dict[str, Any]) -> Conversation:
+    """Pre-training text: one assistant turn, so every token is trained."""
+    _require(record, ("text",), "text records need 'text'")
+    text = _string(record["text"], "'text'")
+    if not text.strip():
+        raise RecordError("'text' is empty")
+    return Conversation([Turn(ASSISTANT, text)])
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _validated(turns: Labelled, system: str | None, field: str, prompt_only: bool = False) -> Conversation:
+    """The role order and non-empty answers every trainable conversation needs (a generation
+    prompt may end with the user's turn)."""
+    if not turns:
+        raise RecordError(f"'{field}' holds no turns: empty conversation")
+    previous = None
+    for label, turn in turns:
+        if turn.role not in _NEXT_ROLES[previous]:
+            place = f"after {previous}" if previous else "first"
+            expected = " or ".join(_NEXT_ROLES[previous])
+            raise RecordError(f"{label}: wrong role order: {turn.role} {place}; expected {expected}")
+        if turn.role == ASSISTANT and not turn.content.strip():
+            raise RecordError(f"{label}: empty assistant response")
+        previous = turn.role
+    if previous not in _LAST_ROLES + ((USER, OBSERVATION) if prompt_only else ()):
+        last = f"'{field}': the last turn is {previous}"
+        raise RecordError(f"{last}; it must be the assistant's answer (or a function call)")
+    return Conversation([turn for _, turn in turns], system=system)
+
+
+def _require(obj: dict[str, Any], keys: tuple[str, ...], needs: str, label: str = "record") -> None:
+    for key in keys:
+        if key not in obj:
+            raise RecordError(f"{label} has no '{key}' field; {needs}")
+
+
+def _string(value: Any, label: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError(f"{label} must be a string, got {type_name(value)}")
+    return value
+
+
+def _optional(record: dict[str, Any], key: str) -> str:
+    """An optional text field: absent and null (parquet, CSV-converted data) both read as ""."""
+    value = record.get(key)
+    return "" if value is None else _string(value, f"'{key}'")
+
+
+def type_name(value: Any) -> str:
+    """Python's type name, but "null" for None, since the data was JSON."""
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,227 @@
+"""Files → Conversations → filters → mix → train/dev split, with a report that always balances.
+
+For every file: records read = kept + rejected + filtered. Rejected records (unparseable or
+invalid) stop the run when `data.on_error: raise`; with `skip` they are kept aside, untouched,
+with their reason, and written to rejected.jsonl. Filtered ones (length, language, duplicates,
+mix sampling, max_samples) are counted per filter and written to filtered.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lmtune.config import DataConfig
+from lmtune.data.filters import apply_filters
+from lmtune.data.formats import detect_format, to_conversation
+from lmtune.data.readers import RawRecord, open_records
+from lmtune.data.records import Conversation
+from lmtune.data.registry import DatasetSpec, resolve_datasets
+from lmtune.errors import DataError, RecordError
+
+REJECTED_FILE = "rejected.jsonl"
+FILTERED_FILE = "filtered.jsonl"
+
+
+@dataclass
+class FileReport:
+    path: str
+    dataset: str
+    encoding: str = ""
+    format: str = ""
+    read: int = 0
+    rejected: int = 0
+    filtered: Counter = field(default_factory=Counter)
+
+    @property
+    def kept(self) -> int:
+        return self.read - self.rejected - sum(self.filtered.values())
+
+
+@dataclass
+class LoadReport:
+    files: dict[str, FileReport] = field(default_factory=dict)
+    rejected: list[dict] = field(default_factory=list)  # {"source", "reason", "record" | "raw"}
+    filtered: list[dict] = field(default_factory=list)  # {"source", "filter", "reason"}
+    rewritten: int = 0  # identity rewrites (kept records, changed text)
+    repeated: int = 0  # extra copies drawn when a mix count exceeds a dataset
+    dev: int = 0
+
+    @property
+    def read(self) -> int:
+        return sum(f.read for f in self.files.values())
+
+    @property
+    def kept(self) -> int:
+        return sum(f.kept for f in self.files.values())
+
+    def summary(self) -> str:
+        filtered = Counter()
+        for f in self.files.values():
+            filtered.update(f.filtered)
+        parts = [f"read {self.read} records from {len(self.files)} file(s)", f"kept {self.kept}"]
+        if self.rejected:
+            parts.append(f"rejected {len(self.rejected)}")
+        parts += [f"filtered {n} by {name}" for name, n in sorted(filtered.items())]
+        if self.rewritten:
+            parts.append(f"identity rewritten in {self.rewritten}")
+        if self.repeated:
+            parts.append(f"{self.repeated} repeated to reach mix counts")
+        if self.dev:
+            parts.append(f"{self.dev} held out as dev")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "files": {p: {**asdict(f), "filtered": dict(f.filtered)} for p, f in self.files.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoadReport:
+        files = {p: FileReport(**{**f, "filtered": Counter(f["filtered"])}) for p, f in data["files"].items()}
+        return cls(**{**data, "files": files})
+
+    def write(self, folder: Path) -> list[Path]:
+        """rejected.jsonl and filtered.jsonl, when there is anything to write."""
+        written = []
+        for name, rows in ((REJECTED_FILE, self.rejected), (FILTERED_FILE, self.filtered)):
+            if rows:
+                path = Path(folder) / name
+                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+                written.append(path)
+        return written
+
+
+@dataclass
+class LoadedData:
+    train: list[Conversation]
+    dev: list[Conversation]
+    report: LoadReport
+
+
+def load_data(data: DataConfig, tokenizer=None, seed: int = 42) -> LoadedData:
+    report = LoadReport()
+    by_dataset: dict[str, list[Conversation]] = {}
+    for spec in resolve_datasets(data):
+        by_dataset[spec.name] = read_dataset(spec, data, report)
+    everything = [conv for convs in by_dataset.values() for conv in convs]
+    kept, dropped, report.rewritten = apply_filters(everything, data.filters, tokenizer)
+    for item in dropped:
+        _count_filtered(report, item.conv, item.filter, item.reason)
+    survivors = {id(conv) for conv in kept}
+    by_dataset = {name: [c for c in convs if id(c) in survivors] for name, convs in by_dataset.items()}
+    if data.max_samples:
+        by_dataset = {name: _cap(convs, data.max_samples, report) for name, convs in by_dataset.items()}
+    mixed = _mix(by_dataset, data.mix, seed, report) if data.mix else [c for cs in by_dataset.values() for c in cs]
+    if not mixed:
+        raise DataError(f"no usable records left: {report.summary()}")
+    train, dev = split(mixed, data.val_size, seed)
+    report.dev = len(dev)
+    return LoadedData(train, dev, report)
+
+
+# ---------------------------------------------------------------- reading and validation
+
+
+def read_dataset(spec: DatasetSpec, data: DataConfig, report: LoadReport) -> list[Conversation]:
+    convs = []
+    for path in spec.files:
+        encoding, records = open_records(path, streaming=data.streaming)
+        file_report = report.files.setdefault(str(path), FileReport(str(path), spec.name, encoding))
+        file_format = None if spec.format == "auto" else spec.format
+        for index, raw in enumerate(records):
+            file_report.read += 1
+            try:
+                file_format = file_format or detect_format(_parsed(raw))
+                conv = to_conversation(_parsed(raw), file_format, spec.columns, spec.tags)
+            except RecordError as exc:
+                _reject(report, file_report, raw, str(exc), data.on_error)
+                continue
+            conv.source, conv.origin = raw.where, (str(path), index)
+            convs.append(conv)
+        file_report.format = file_format or "unknown"
+    return convs
+
+
+def _parsed(raw: RawRecord) -> dict:
+    if raw.record is None:
+        raise RecordError(raw.error or "unreadable record")
+    return raw.record
+
+
+def _reject(report: LoadReport, file_report: FileReport, raw: RawRecord, reason: str, on_error: str) -> None:
+    if on_error == "raise":
+        raise DataError(f"{raw.where}: {reason} (set data.on_error: skip to set bad records aside in {REJECTED_FILE})")
+    file_report.rejected += 1
+    row = {"source": raw.where, "reason": reason}
+    row.update({"record": raw.record} if raw.record is not None else {"raw": raw.raw})
+    report.rejected.append(row)
+
+
+def _count_filtered(report: LoadReport, conv: Conversation, name: str, reason: str) -> None:
+    report.files[conv.origin[0]].filtered[name] += 1
+    report.filtered.append({"source": conv.source, "filter": name, "reason": reason})
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _cap(convs: list[Conversation], limit: int, report: LoadReport) -> list[Conversation]:
+    for conv in convs[limit:]:
+        _count_filtered(report, conv, "max_samples", f"beyond data.max_samples={limit}")
+    return convs[:limit]
+
+
+def _mix(by_dataset: dict[str, list[Conversation]], mix: dict[str, float], seed: int, report: LoadReport):
+    """Shares (< 1): the largest mixture with those proportions that repeats nothing.
+    Counts (>= 1): exactly that many from each dataset, repeating a dataset that is too small."""
+    unknown = sorted(set(mix) - set(by_dataset))
+    missing = sorted(set(by_dataset) - set(mix))
+    if unknown or missing:
+        raise DataError(
+            f"data.mix must name every dataset exactly: unknown {unknown or 'none'}, not named {missing or 'none'} "
+            f"(datasets: {', '.join(by_dataset)})"
+        )
+    shares = all(v < 1 for v in mix.values())
+    if not shares and not all(v >= 1 and float(v).is_integer() for v in mix.values()):
+        raise DataError("data.mix values must be all shares (< 1) or all whole counts (>= 1)")
+    if shares:
+        total_share = sum(mix.values())
+        total = min(len(by_dataset[n]) / (v / total_share) for n, v in mix.items() if v > 0)
+        counts = {n: int(total * v / total_share) for n, v in mix.items()}
+    else:
+        counts = {n: int(v) for n, v in mix.items()}
+    rng = random.Random(seed)
+    mixed = []
+    for name, convs in by_dataset.items():
+        mixed += _draw(convs, counts[name], rng, report, name, mix[name])
+    rng.shuffle(mixed)
+    return mixed
+
+
+def _draw(convs, count, rng, report, name, setting) -> list[Conversation]:
+    if not convs:
+        return []
+    if count <= len(convs):
+        chosen = set(rng.sample(range(len(convs)), count))
+        for i, conv in enumerate(convs):
+            if i not in chosen:
+                _count_filtered(report, conv, "mix", f"not drawn: data.mix[{name}]={setting} takes {count} of {len(convs)}")
+        return [conv for i, conv in enumerate(convs) if i in chosen]
+    whole, rest = divmod(count, len(convs))
+    report.repeated += count - len(convs)
+    return convs * whole + rng.sample(convs, rest)
+
+
+def split(convs: list[Conversation], val_size: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    """Seeded random dev split: val_size < 1 is a share, >= 1 a count."""
+    if not val_size:
+        return convs, []
+    count = int(round(len(convs) * val_size)) if val_size < 1 else int(val_size)
+    if not 0 < count < len(convs):
+        raise DataError(f"data.val_size={val_size} leaves {len(convs) - count} of {len(convs)} records for training")
+    order = list(range(len(convs)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    return [c for i, c in enumerate(convs) if i not in held], [c for i, c in enumerate(convs) if i in held]

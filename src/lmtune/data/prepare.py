@@ -1,0 +1,128 @@
+"""Training data ready for the Trainer: load, filter, mix, split, encode, and cache the result.
+
+The cache key covers everything the samples depend on: each file's content hash, the data
+settings, the template, the tokenizer and cutoff_len. A second run with the same inputs
+starts training at once; change any of them and the data is encoded again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lmtune import __version__
+from lmtune.config import DataConfig
+from lmtune.data.encode import Encoder, Sample, adds_bos
+from lmtune.data.load import LoadReport, load_data
+from lmtune.data.registry import resolve_datasets
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the encoding of samples changes
+CHUNK = 1000  # conversations per tokenizer call: big enough to amortise, small enough to stay in cache
+
+
+@dataclass
+class Prepared:
+    train: list[Sample]
+    dev: list[Sample]
+    report: LoadReport
+    from_cache: bool = False
+
+    @property
+    def truncated(self) -> int:
+        return sum(s.truncated for s in self.train + self.dev)
+
+
+def prepare(data: DataConfig, encoder: Encoder, seed: int) -> Prepared:
+    folder = Path(data.cache_dir) / "encoded" / cache_key(data, encoder, seed) if data.cache else None
+    if folder and (cached := _read_cache(folder)):
+        log.info("data: encoded samples from the cache %s", folder)
+        return cached
+    loaded = load_data(data, encoder.tokenizer, seed)
+    prepared = Prepared(encode_all(loaded.train, encoder), encode_all(loaded.dev, encoder), loaded.report)
+    if folder:
+        _write_cache(folder, prepared)
+    return prepared
+
+
+def encode_all(convs, encoder: Encoder) -> list[Sample]:
+    samples: list[Sample] = []
+    for start in range(0, len(convs), CHUNK):
+        samples += encoder.encode_many(convs[start : start + CHUNK])
+    return samples
+
+
+# ---------------------------------------------------------------- cache
+
+
+def cache_key(data: DataConfig, encoder: Encoder, seed: int) -> str:
+    ignored = {"cache", "cache_dir", "streaming", "template", "path", "dataset_dir"}
+    files = [(str(f), _file_digest(f)) for spec in resolve_datasets(data) for f in spec.files]
+    parts = {
+        "lmtune": [__version__, CACHE_FORMAT],
+        "files": files,
+        "data": data.model_dump(mode="json", exclude=ignored),
+        "template": dataclasses.asdict(encoder.template),
+        "tokenizer": _tokenizer_digest(encoder.tokenizer),
+        "cutoff_len": encoder.cutoff_len,
+        "seed": seed,
+    }
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    special = json.dumps([type(tokenizer).__name__, tokenizer.bos_token_id, tokenizer.eos_token_id, adds_bos(tokenizer)])
+    return hashlib.blake2b((text + special).encode(), digest_size=16).hexdigest()
+
+
+def _write_cache(folder: Path, prepared: Prepared) -> None:
+    """Written to a temporary folder and renamed, so a killed run never leaves half a cache."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for split, samples in (("train", prepared.train), ("dev", prepared.dev)):
+        lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
+        np.savez(
+            tmp / f"{split}.npz",
+            input_ids=np.array([t for s in samples for t in s.input_ids], dtype=np.int64),
+            labels=np.array([t for s in samples for t in s.labels], dtype=np.int64),
+            lengths=lengths,
+            truncated=np.array([s.truncated for s in samples], dtype=bool),
+        )
+    (tmp / "report.json").write_text(json.dumps(prepared.report.to_dict(), ensure_ascii=False), encoding="utf-8")
+    if folder.exists():  # another run finished the same cache first
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(folder)
+
+
+def _read_cache(folder: Path) -> Prepared | None:
+    if not (folder / "report.json").is_file():
+        return None
+    splits = {}
+    for split in ("train", "dev"):
+        arrays = np.load(folder / f"{split}.npz")
+        bounds = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+        ids, labels = arrays["input_ids"].tolist(), arrays["labels"].tolist()
+        splits[split] = [
+            Sample(ids[a:b], labels[a:b], bool(t)) for a, b, t in zip(bounds[:-1], bounds[1:], arrays["truncated"])
+        ]
+    report = LoadReport.from_dict(json.loads((folder / "report.json").read_text(encoding="utf-8")))
+    return Prepared(splits["train"], splits["dev"], report, from_cache=True)

@@ -1,0 +1,38 @@
+import json
+
+from lmtune.config import DataConfig
+from lmtune.data.encode import Encoder
+from lmtune.data.prepare import prepare
+from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
+from lmtune.templates.template import get_template
+
+
+def test_batched_encoding_equals_one_at_a_time(tokenizer):
+    encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=48)
+    convs = [
+        Conversation([Turn(USER, "Name the capital of France."), Turn(ASSISTANT, "Paris.")]),
+        Conversation([Turn(USER, "把下面的句子翻译成英文。", input="我喜欢喝茶。"), Turn(ASSISTANT, "I like drinking tea.")], system="Be brief."),
+        Conversation([Turn(USER, "What is two plus two?"), Turn(ASSISTANT, "four"), Turn(USER, "中国的首都是哪里？"), Turn(ASSISTANT, "北京。")]),
+        Conversation([Turn(USER, "What is two plus two? " * 8), Turn(ASSISTANT, "Two plus two is four. " * 8)]),  # truncated
+        Conversation([Turn(ASSISTANT, "plain text for pre-training")]),
+    ]
+    batched = encoder.encode_many(convs)
+    assert batched == [encoder.encode(c) for c in convs]
+    assert [s.truncated for s in batched] == [False, False, True, True, False]
+
+
+def test_second_run_reads_the_cache_and_a_changed_file_misses_it(tmp_path, tokenizer):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n", encoding="utf-8")
+    data = DataConfig(path=[str(path)], cache_dir=str(tmp_path / "cache"))
+    encoder = Encoder(tokenizer, get_template("alpaca"), 64)
+    first = prepare(data, encoder, seed=1)
+    second = prepare(data, encoder, seed=1)
+    assert (first.from_cache, second.from_cache) == (False, True)
+    assert second.train == first.train and second.report.summary() == first.report.summary()
+    path.write_text(json.dumps({"instruction": "a", "output": "c"}) + "\n", encoding="utf-8")
+    third = prepare(data, encoder, seed=1)
+    assert not third.from_cache and third.train != first.train
+    other_template = prepare(data, Encoder(tokenizer, get_template("chatml"), 64), seed=1)
+    assert not other_template.from_cache
+    assert not prepare(data.model_copy(update={"cache": False}), encoder, seed=1).from_cache
