@@ -31,7 +31,7 @@ def full_run(tmp_path_factory, llama_dir):
     config = write_config(
         tmp / "run.yaml",
         model={"path": str(llama_dir)},
-        data={"path": str(data), "template": "alpaca", "cutoff_len": 128},
+        data={"path": str(data), "template": "alpaca", "cutoff_len": 128, "cache_dir": str(tmp / "cache")},
         finetune={"method": "full"},
         train={"output_dir": str(tmp / "out"), "max_steps": 120, "learning_rate": 1e-2, "per_device_train_batch_size": 4},
         generate={"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 32},

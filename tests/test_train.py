@@ -7,12 +7,12 @@ from lmtune.train.callbacks import smoothed
 from lmtune.train.run import train
 
 
-def config(model_dir, data_file, out, **train):
+def config(model_dir, data_path, out, **data_settings):
     return validate_config(
         {
             "model": {"path": str(model_dir)},
-            "data": {"path": str(data_file), "template": "chatml", "cutoff_len": 64},
-            "train": {"output_dir": str(out), "max_steps": 3, "per_device_train_batch_size": 2, "logging_steps": 1, **train},
+            "data": {"path": str(data_path), "template": "chatml", "cutoff_len": 64, "cache": False, **data_settings},
+            "train": {"output_dir": str(out), "max_steps": 3, "per_device_train_batch_size": 2, "logging_steps": 1},
         }
     )
 
@@ -37,3 +37,40 @@ def test_token_ids_beyond_the_embedding_table_stop_the_run(tmp_path, tokenizer, 
 def test_smoothed_loss_has_no_start_up_bias():
     assert smoothed([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
     assert smoothed([1.0, 3.0], 0.0) == [1.0, 3.0]
+
+
+def test_every_format_trains_from_one_folder_with_no_conversion(tmp_path, llama_dir):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    data.mkdir()
+    q, a = "中国的首都是哪里？", "中国的首都是北京。"
+    lines = {
+        "alpaca.json": json.dumps([{"instruction": q, "input": "", "output": a}]),
+        "sharegpt.jsonl": json.dumps({"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}),
+        "messages.jsonl": json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}),
+        "moss.jsonl": json.dumps({"meta_instruction": "You are MOSS.", "chat": {"turn_1": {"Human": f"<|Human|>: {q}<eoh>\n", "MOSS": f"<|MOSS|>: {a}<eom>\n"}}}),
+        "firefly.jsonl": json.dumps({"conversation": [{"human": q, "assistant": a}]}),
+        "belle.json": json.dumps([{"instruction": f"Human: hi\nAssistant: hello\nHuman: {q}\nAssistant:", "input": "", "output": a}]),
+        "notes.txt": "plain text for continued pre-training",
+        "table.csv": f"instruction,input,output\n{q},,{a}\n",
+    }
+    for name, text in lines.items():
+        (data / name).write_text(text + "\n", encoding="utf-8")
+    (data / "gbk.jsonl").write_bytes((json.dumps({"instruction": q, "output": a}, ensure_ascii=False) + "\n").encode("gbk"))
+    pq.write_table(pa.table({"instruction": [q], "input": [""], "output": [a]}), data / "rows.parquet")
+    (data / "bad.jsonl").write_text('{"instruction": "q"}\n', encoding="utf-8")
+
+    out = tmp_path / "out"
+    settings = config(llama_dir, data, out, val_size=2, on_error="skip")
+    result = train(settings)
+    report = result.report
+    assert len(report.files) == 11 and report.read == 11 and report.kept == 10 and report.dev == 2
+    assert {f.format for f in report.files.values()} >= {"alpaca", "sharegpt", "messages", "moss", "firefly", "belle_multiturn", "text"}
+    assert report.files[str(data / "gbk.jsonl")].encoding == "gb18030"
+    assert json.loads((out / "rejected.jsonl").read_text(encoding="utf-8"))["record"] == {"instruction": "q"}
+    assert any("eval_loss" in line for line in (out / "metrics.jsonl").read_text().splitlines())
+
