@@ -28,7 +28,7 @@ def corpus() -> list[str]:
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer")
-    train_tokenizer(corpus(), path, vocab_size=600)
+    train_tokenizer(corpus(), path, vocab_size=600, special=["<|im_start|>", "<|im_end|>"])
     return path
 
 

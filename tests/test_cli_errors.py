@@ -48,7 +48,7 @@ def test_unknown_template_and_key_are_config_errors(project):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
         "error: run.yaml: 2 problem(s):",
-        "  - data.template: unknown template 'alpacca'; did you mean 'alpaca'? (available: alpaca, chatml, vicuna)",
+        "  - data.template: unknown template 'alpacca'; did you mean 'alpaca'?",
         "  - train.lerning_rate: unknown key (not a TrainingArguments field); did you mean 'learning_rate'?",
     ]
 

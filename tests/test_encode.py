@@ -21,29 +21,41 @@ def exchange(q, a):
 def test_single_turn_labels_cover_exactly_the_answer_and_eos(tokenizer):
     encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=1024)
     sample = encoder.encode(Conversation(exchange("Name the capital of France.", "Paris is the capital of France.")))
-    prompt = (
-        [tokenizer.bos_token_id]
-        + ids(tokenizer, SYSTEM)
-        + ids(tokenizer, "### Instruction:\nName the capital of France.\n\n### Response:\n")
-    )
-    answer = ids(tokenizer, "Paris is the capital of France.") + [tokenizer.eos_token_id]
-    assert sample.input_ids == prompt + answer
-    assert sample.labels == [IGNORE_INDEX] * len(prompt) + answer
+    prompt_text = SYSTEM + "### Instruction:\nName the capital of France.\n\n### Response:\n"
+    whole = ids(tokenizer, prompt_text + "Paris is the capital of France.</s>")  # one piece, as the model sees it
+    prompt = [tokenizer.bos_token_id] + ids(tokenizer, prompt_text)
+    assert sample.input_ids == [tokenizer.bos_token_id] + whole
+    assert sample.input_ids[: len(prompt)] == prompt  # the answer starts on a token boundary
+    assert sample.labels == [IGNORE_INDEX] * len(prompt) + sample.input_ids[len(prompt) :]
     trained = [t for t in sample.labels if t != IGNORE_INDEX]
     assert tokenizer.decode(trained) == "Paris is the capital of France.</s>"
+    assert trained[-1] == tokenizer.eos_token_id
 
 
 def test_multi_turn_trains_every_answer_and_masks_every_prompt(tokenizer):
     encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=1024)
     conv = Conversation(exchange("What is two plus two?", "Two plus two is four.") + exchange("中国的首都是哪里？", "中国的首都是北京。"))
     sample = encoder.encode(conv)
-    eos = tokenizer.eos_token_id
-    p1 = [tokenizer.bos_token_id] + ids(tokenizer, SYSTEM) + ids(tokenizer, "### Instruction:\nWhat is two plus two?\n\n### Response:\n")
-    a1 = ids(tokenizer, "Two plus two is four.") + [eos]
-    p2 = ids(tokenizer, "\n\n### Instruction:\n中国的首都是哪里？\n\n### Response:\n")
-    a2 = ids(tokenizer, "中国的首都是北京。") + [eos]
-    assert sample.input_ids == p1 + a1 + p2 + a2
-    assert sample.labels == [IGNORE_INDEX] * len(p1) + a1 + [IGNORE_INDEX] * len(p2) + a2
+    p1 = SYSTEM + "### Instruction:\nWhat is two plus two?\n\n### Response:\n"
+    a1 = "Two plus two is four.</s>"
+    p2 = "\n\n### Instruction:\n中国的首都是哪里？\n\n### Response:\n"
+    a2 = "中国的首都是北京。</s>"
+    assert sample.input_ids == [tokenizer.bos_token_id] + ids(tokenizer, p1 + a1 + p2 + a2)
+    n1, n2, n3 = (1 + len(ids(tokenizer, t)) for t in (p1, p1 + a1, p1 + a1 + p2))
+    ignore = [IGNORE_INDEX]
+    assert sample.labels == ignore * n1 + sample.input_ids[n1:n2] + ignore * (n3 - n2) + sample.input_ids[n3:]
+    assert tokenizer.decode(sample.input_ids[n1:n2]) == a1 and tokenizer.decode(sample.input_ids[n3:]) == a2
+
+
+def test_train_on_last_assistant_and_all(tokenizer):
+    conv = Conversation(exchange("What is two plus two?", "four") + exchange("中国的首都是哪里？", "北京。"))
+    every = Encoder(tokenizer, get_template("alpaca"), 1024).encode(conv)
+    last = Encoder(tokenizer, get_template("alpaca"), 1024, train_on="last_assistant").encode(conv)
+    everything = Encoder(tokenizer, get_template("alpaca"), 1024, train_on="all").encode(conv)
+    assert every.input_ids == last.input_ids == everything.input_ids
+    assert tokenizer.decode([t for t in every.labels if t != IGNORE_INDEX]) == "four</s>北京。</s>"
+    assert tokenizer.decode([t for t in last.labels if t != IGNORE_INDEX]) == "北京。</s>"
+    assert everything.labels == [IGNORE_INDEX] + everything.input_ids[1:]  # all but BOS, which is never predicted
 
 
 def test_generation_prompt_is_the_training_prefix(tokenizer):
@@ -53,7 +65,8 @@ def test_generation_prompt_is_the_training_prefix(tokenizer):
     prompt, reference = conv.without_last_answer()
     prompt_ids = encoder.prompt_ids(prompt)
     assert sample.input_ids[: len(prompt_ids)] == prompt_ids
-    assert sample.input_ids[len(prompt_ids) :] == ids(tokenizer, "I like tea.<|im_end|>") + [tokenizer.eos_token_id]
+    assert tokenizer.decode(sample.input_ids[len(prompt_ids) :]) == "I like tea.<|im_end|>"
+    assert sample.labels[len(prompt_ids) :] == sample.input_ids[len(prompt_ids) :]
     assert reference == "I like tea."
 
 
@@ -71,7 +84,7 @@ def test_long_answer_is_cut_but_keeps_its_eos(tokenizer):
 
 def test_long_prompt_is_cut_in_the_middle_and_the_answer_kept_whole(tokenizer):
     encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=60)
-    answer = ids(tokenizer, "Paris.") + [tokenizer.eos_token_id]
+    answer = ids(tokenizer, "Paris.</s>")
     sample = encoder.encode(Conversation(exchange("Name the capital of France. " * 30, "Paris.")))
     assert len(sample.input_ids) == 60
     assert sample.labels[-len(answer) :] == answer and sample.labels.count(IGNORE_INDEX) == 60 - len(answer)
@@ -99,8 +112,15 @@ def test_eos_label_survives_collation_when_pad_is_eos(tokenizer):
     assert batch["labels"][1].tolist() == long.labels
 
 
-def test_a_user_turn_without_answer_in_training_data_is_an_error(tokenizer):
+def test_a_conversation_without_a_final_answer_is_an_error(tokenizer):
     encoder = Encoder(tokenizer, get_template("alpaca"), 64)
-    conv = Conversation([Turn(USER, "a"), Turn(USER, "b"), Turn(ASSISTANT, "c")], source="f.json:3")
-    with pytest.raises(DataError, match="f.json:3: a user turn has no assistant answer after it"):
+    conv = Conversation([Turn(USER, "a"), Turn(ASSISTANT, "b"), Turn(USER, "c")], source="f.json:3")
+    with pytest.raises(DataError, match="f.json:3: the conversation must end with an answer to train on"):
         encoder.encode(conv)
+
+
+def test_template_tokens_must_be_single_tokens(tokenizer):
+    from lmtune.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"template 'llama3' needs the special token '<\|start_header_id\|>'"):
+        Encoder(tokenizer, get_template("llama3"), 64)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lmtune.config import DATA_FORMATS, DataConfig, FiltersConfig
 from lmtune.errors import ConfigError
@@ -34,12 +36,12 @@ def _config(inputs: list[str], dataset_dir: str = "data", **settings) -> DataCon
         raise ConfigError(" ".join(str(exc).split())) from exc
 
 
-def _encoder(tokenizer: Optional[str], template: str, cutoff_len: int):
+def _encoder(tokenizer: Optional[str], template: str, cutoff_len: int, train_on: str = "all_assistant"):
     from lmtune.data.encode import Encoder
     from lmtune.model.load import load_tokenizer
     from lmtune.templates.template import get_template
 
-    return Encoder(load_tokenizer(tokenizer), get_template(template), cutoff_len) if tokenizer else None
+    return Encoder(load_tokenizer(tokenizer), get_template(template), cutoff_len, train_on) if tokenizer else None
 
 
 def _report(written) -> None:
@@ -176,10 +178,27 @@ def encode(
     cutoff_len: int = typer.Option(1024, "--cutoff-len"),
     fmt: str = FORMAT,
     on_error: str = ON_ERROR,
+    train_on: str = typer.Option("all_assistant", "--train-on", help="all_assistant | last_assistant | all"),
+    show: int = typer.Option(0, "--show", help="Print this many samples with their trained tokens highlighted."),
     dataset_dir: str = DATASET_DIR,
 ):
     """Write input_ids and labels exactly as training sees them."""
     from lmtune.data import export
 
-    config = _config(data, dataset_dir, format=fmt, on_error=on_error, template=template, cutoff_len=cutoff_len)
-    _report(export.encode(config, _encoder(tokenizer, template, cutoff_len), out))
+    config = _config(data, dataset_dir, format=fmt, on_error=on_error, template=template, cutoff_len=cutoff_len, train_on=train_on)
+    encoder = _encoder(tokenizer, template, cutoff_len, config.train_on)
+    _report(export.encode(config, encoder, out))
+    for line in out.read_text(encoding="utf-8").splitlines()[:show]:
+        out_console.print(_spans(json.loads(line), encoder.tokenizer), "", highlight=False)
+
+
+def _spans(row: dict, tokenizer) -> Text:
+    """The sample decoded token by token; trained tokens (label != -100) highlighted."""
+    text, run, trained = Text(), [], None
+    for token, label in [*zip(row["input_ids"], row["labels"]), (None, None)]:
+        if run and (token is None or (label != -100) != trained):
+            text.append(tokenizer.decode(run), style="bold black on green" if trained else "")  # whole runs: no split characters
+            run = []
+        run.append(token)
+        trained = label != -100
+    return text

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lmtune.errors import ConfigError
 
@@ -55,7 +55,11 @@ class DataConfig(Section):
     dataset: list[str] = Field(default_factory=list, description="Dataset names from dataset_dir/dataset_info.json.")
     dataset_dir: str = Field("data", description="Folder holding dataset_info.json and the files it names.")
     format: Literal[DATA_FORMATS] = Field("auto", description="Record format; auto detects it per file.")
+    template_file: str | None = Field(None, description="YAML file with templates of your own (same shape as the registry).")
     template: str = Field("alpaca", description="Prompt template name (`lmtune templates`).")
+    train_on: Literal["all_assistant", "last_assistant", "all"] = Field(
+        "all_assistant", description="Trained tokens: every answer, the last answer only, or everything."
+    )
     cutoff_len: int = Field(1024, gt=1, description="Maximum tokens per sample, prompt and response together.")
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="Bad record: stop with its file and line, or skip it into rejected.jsonl."
@@ -75,24 +79,24 @@ class DataConfig(Section):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("template")
-    @classmethod
-    def _known_template(cls, name: str) -> str:
-        from lmtune.templates.template import builtin_templates
-
-        if name not in builtin_templates():
-            hint = _closest(name, list(builtin_templates()))
-            raise ValueError(
-                f"unknown template '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
-                + f" (available: {', '.join(sorted(builtin_templates()))})"
-            )
-        return name
-
     @model_validator(mode="after")
     def _some_data(self) -> DataConfig:
         if not (self.path or self.dataset):
             raise ValueError("give data.path (files or folders) or data.dataset (names in dataset_info.json)")
         return self
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, name: str, info: ValidationInfo) -> str:
+        from lmtune.templates.template import load_templates
+
+        names = list(load_templates(info.data.get("template_file")))
+        if name not in names:
+            hint = _closest(name, names)
+            raise ValueError(
+                f"unknown template '{name}'; " + (f"did you mean '{hint}'?" if hint else "see `lmtune templates` for the list")
+            )
+        return name
 
 
 class LoraConfig(Section):
@@ -288,6 +292,8 @@ def resolve_paths(config: RunConfig) -> RunConfig:
     config.data.path = [str(Path(p).expanduser().resolve()) for p in config.data.path]
     config.data.dataset_dir = str(Path(config.data.dataset_dir).expanduser().resolve())
     config.data.cache_dir = str(Path(config.data.cache_dir).expanduser().resolve())
+    if config.data.template_file:
+        config.data.template_file = str(Path(config.data.template_file).expanduser().resolve())
     return config
 
 

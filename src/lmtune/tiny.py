@@ -10,10 +10,12 @@ from pathlib import Path
 BOS, EOS = "<s>", "</s>"
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2000, bos: bool = True):
+def train_tokenizer(
+    texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2000, bos: bool = True, special: Iterable[str] = ()
+):
     """Byte-level BPE (so Chinese never hits an unknown token). With bos=True it prepends BOS like
-    Llama's tokenizer; with bos=False it behaves like GPT-2/Qwen. It has no pad token on purpose:
-    most base models ship without one."""
+    Llama's tokenizer; with bos=False it behaves like GPT-2/Qwen. `special` adds special tokens such
+    as a chat template's markers. It has no pad token on purpose: most base models ship without one."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -22,7 +24,7 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[BOS, EOS],
+        special_tokens=[BOS, EOS, *special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -31,7 +33,9 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
         core.post_processor = processors.TemplateProcessing(
             single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, core.token_to_id(BOS))]
         )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=EOS, additional_special_tokens=list(special)
+    )
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 

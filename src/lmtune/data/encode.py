@@ -1,8 +1,11 @@
 """Conversation + template + tokenizer → input_ids and labels, exactly as training sees them.
 
-Prompt tokens get label -100; every assistant response and the EOS after it are trained.
-Each prompt and each response is tokenized on its own and the ids are joined; inference
-builds its prompt with `prompt_ids`, the same code, so chat sees the training prefix.
+The template renders the conversation to text marked in prompt and answer segments; the text is
+tokenized in one piece (as the model's own chat template would be, so special tokens and the text
+around them come out as the model knows them), and a token is trained when it overlaps an answer:
+labels come from character spans, never from searching for token sequences. `train_on` chooses
+every answer (default), the last one only, or everything. Inference builds its prompt with
+`prompt_ids`, the same rendering, so chat sees the training prefix.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lmtune.data.records import Conversation
 from lmtune.errors import DataError, ModelError
-from lmtune.templates.template import Template, exchanges
+from lmtune.templates.template import ANSWER_ROLES, Segment, Template, exchanges
 
 IGNORE_INDEX = -100
+TRAIN_ON = ("all_assistant", "last_assistant", "all")
 
 
 @dataclass
@@ -26,135 +31,159 @@ class Sample:
     truncated: bool = False  # some of the conversation did not fit in cutoff_len
 
 
-Pieces = tuple[list[int], list[tuple[list[int], list[int] | None]]]  # prefix ids, (prompt, response) ids
+@dataclass
+class Tokenized:
+    ids: list[int]
+    owner: np.ndarray  # per token: index of the answer it belongs to, or -1 for prompt
 
 
 class Encoder:
-    def __init__(self, tokenizer, template: Template, cutoff_len: int):
+    def __init__(self, tokenizer, template: Template, cutoff_len: int, train_on: str = "all_assistant"):
         if tokenizer.eos_token_id is None:
             raise ModelError("the tokenizer has no EOS token; set eos_token in tokenizer_config.json")
-        self.tokenizer = tokenizer
-        self.template = template
-        self.cutoff_len = cutoff_len
+        if train_on not in TRAIN_ON:
+            raise ValueError(f"train_on must be one of {TRAIN_ON}")
+        self.tokenizer, self.template, self.cutoff_len, self.train_on = tokenizer, template, cutoff_len, train_on
         self.eos_id = tokenizer.eos_token_id
-        self.bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
+        self.marks = {"bos": tokenizer.bos_token or "", "eos": tokenizer.eos_token}
+        uses_bos = any("{bos}" in (f or "") for f in (template.prefix, template.user, template.system))
+        self.bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) and not uses_bos else []
+        self._check_tokens()
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+    def _check_tokens(self) -> None:
+        """Template markers must be single tokens, or they would be trained as ordinary text."""
+        for token in self.template.tokens:
+            ids = self.tokenizer.encode(token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ModelError(
+                    f"template '{self.template.name}' needs the special token {token!r}, which this tokenizer "
+                    f"splits into {len(ids)} pieces; use the template of the model's own family "
+                    "(`lmtune templates`), or add the token to the tokenizer and train its embedding"
+                )
 
-    def _ids_many(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of many texts: each distinct text once (system prompts repeat in every record),
-        in one call to the Rust tokenizer when it gives exactly what `encode` gives."""
-        distinct = list(dict.fromkeys(texts))
+    # ------------------------------------------------------------ public
+
+    def encode(self, conv: Conversation) -> Sample:
+        return self.encode_many([conv])[0]
+
+    def encode_many(self, convs: list[Conversation]) -> list[Sample]:
+        """Training samples; the whole batch goes through the tokenizer in one call."""
+        samples = []
+        for conv, tokenized in zip(convs, self._tokenize([self.render(c) for c in convs])):
+            _check_answered(conv)
+            if len(self.bos) + len(tokenized.ids) <= self.cutoff_len:
+                samples.append(self._sample(tokenized))
+            else:
+                samples.append(self._truncated(conv))
+        return samples
+
+    def prompt_ids(self, conv: Conversation) -> list[int]:
+        """Generation prompt for a conversation that ends with a user turn."""
+        return self.bos + self._tokenize([self.render(conv)])[0].ids
+
+    def render(self, conv: Conversation) -> list[Segment]:
+        return self.template.render(conv, **self.marks)
+
+    # ------------------------------------------------------------ tokenizing
+
+    def _tokenize(self, rendered: list[list[Segment]]) -> list[Tokenized]:
+        if not rendered:
+            return []
+        if not self._has_offsets:
+            return [self._tokenize_by_segment(segments) for segments in rendered]
+        texts = ["".join(s.text for s in segments) for segments in rendered]
         if self._backend_is_exact:
-            encoded = [e.ids for e in self.tokenizer.backend_tokenizer.encode_batch_fast(distinct, add_special_tokens=False)]
+            encodings = self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+            pairs = [(e.ids, e.offsets) for e in encodings]
         else:
-            encoded = self.tokenizer(distinct, add_special_tokens=False)["input_ids"] if distinct else []
-        by_text = dict(zip(distinct, encoded))
-        return [by_text[text] for text in texts]
+            out = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+            pairs = list(zip(out["input_ids"], out["offset_mapping"]))
+        return [_owners(ids, offsets, segments) for (ids, offsets), segments in zip(pairs, rendered)]
+
+    def _tokenize_by_segment(self, segments: list[Segment]) -> Tokenized:
+        """Slow tokenizers have no offsets: tokenize segment by segment instead."""
+        ids, owner, answer = [], [], 0
+        for segment in segments:
+            piece = self.tokenizer.encode(segment.text, add_special_tokens=False)
+            ids += piece
+            owner += [answer if segment.answer else -1] * len(piece)
+            answer += segment.answer
+        return Tokenized(ids, np.array(owner, dtype=np.int64))
+
+    @functools.cached_property
+    def _has_offsets(self) -> bool:
+        return bool(getattr(self.tokenizer, "is_fast", False))
 
     @functools.cached_property
     def _backend_is_exact(self) -> bool:
         """Some tokenizers add Python-side steps around the Rust one; then use the slower HF call."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is None or not hasattr(backend, "encode_batch_fast"):
+        if backend is None:
             return False
-        probes = [self.template.system_text(Conversation([])), self.template.user, " Hello,  世界!\n", "a"]
-        fast = [e.ids for e in backend.encode_batch_fast(probes, add_special_tokens=False)]
-        return fast == [self._ids(p) for p in probes]
+        probes = ["".join(s.text for s in self.render(Conversation([]))) or "a", " Hello,  世界!\n", "a"]
+        fast = [e.ids for e in backend.encode_batch(probes, add_special_tokens=False)]
+        return fast == [self.tokenizer.encode(p, add_special_tokens=False) for p in probes]
 
-    def pieces(self, conv: Conversation) -> Pieces:
-        system, pairs = self._render(conv)
-        return self._pieces(self._ids(system), [(self._ids(p), None if r is None else self._ids(r)) for p, r in pairs])
+    # ------------------------------------------------------------ labels and truncation
 
-    def _render(self, conv: Conversation) -> tuple[str, list[tuple[str, str | None]]]:
-        return self.template.system_text(conv), self.template.pairs(conv)
+    def _sample(self, tokenized: Tokenized, truncated: bool = False) -> Sample:
+        ids, owner = tokenized.ids, tokenized.owner
+        if self.train_on == "all":
+            trained = np.ones(len(ids), dtype=bool)
+        elif self.train_on == "last_assistant":
+            trained = owner == owner.max() if len(owner) and owner.max() >= 0 else np.zeros(len(ids), dtype=bool)
+        else:
+            trained = owner >= 0
+        labels = np.where(trained, np.array(ids, dtype=np.int64), IGNORE_INDEX).tolist()
+        return Sample(self.bos + list(ids), [IGNORE_INDEX] * len(self.bos) + labels, truncated)
 
-    def _pieces(self, system_ids: list[int], pair_ids: list[tuple[list[int], list[int] | None]]) -> Pieces:
-        pairs = []
-        for prompt, response in pair_ids:
-            if response is not None and (not response or response[-1] != self.eos_id):
-                response = response + [self.eos_id]  # the model must learn to stop
-            pairs.append((prompt, response))
-        return self.bos + system_ids, pairs
-
-    def encode(self, conv: Conversation) -> Sample:
-        """Training sample; drops the oldest exchanges, then cuts the prompt, then the response."""
-        prefix, pairs, too_long = self._fit_exchanges(conv)
-        _check_answered(conv, pairs)
-        if len(pairs) == 1:
-            prefix, pairs = self._cut_single(prefix, pairs[0])
-        return _sample(prefix, pairs, too_long)
-
-    def encode_many(self, convs: list[Conversation]) -> list[Sample]:
-        """Same samples as `encode`, with every text piece of the batch tokenized in one call to the
-        fast tokenizer; the rare conversation over cutoff_len takes the slow path."""
-        rendered = [self._render(conv) for conv in convs]
-        texts = [t for system, pairs in rendered for t in [system, *(x for p, r in pairs for x in (p, r or ""))]]
-        ids = iter(self._ids_many(texts))
-        samples = []
-        for conv, (_, pairs) in zip(convs, rendered):
-            system_ids, pair_ids = next(ids), []
-            for _, response in pairs:
-                prompt_ids, response_ids = next(ids), next(ids)
-                pair_ids.append((prompt_ids, None if response is None else response_ids))
-            prefix, pieces = self._pieces(system_ids, pair_ids)
-            if _length(prefix, pieces) > self.cutoff_len:
-                samples.append(self.encode(conv))
-            else:
-                _check_answered(conv, pieces)
-                samples.append(_sample(prefix, pieces, truncated=False))
-        return samples
-
-    def prompt_ids(self, conv: Conversation) -> list[int]:
-        """Generation prompt for a conversation that ends with a user turn."""
-        prefix, pairs = self.pieces(conv)
-        ids = list(prefix)
-        for prompt, response in pairs:
-            ids += prompt + (response or [])
-        return ids
-
-    def _fit_exchanges(self, conv: Conversation) -> tuple[list[int], list, bool]:
+    def _truncated(self, conv: Conversation) -> Sample:
+        """Drop the oldest exchanges first (the system prompt stays); if one exchange is still too
+        long, cut the prompt in the middle, then the answer, keeping the answer's end token."""
         groups = exchanges(conv)
-        for start in range(len(groups)):
-            kept = Conversation([t for g in groups[start:] for t in g], conv.system, conv.source)
-            prefix, pairs = self.pieces(kept)
-            fits = _length(prefix, pairs) <= self.cutoff_len
-            if fits:
-                break
-        return prefix, pairs, start > 0 or not fits
+        for start in range(1, len(groups)):
+            kept = Conversation([t for g in groups[start:] for t in g], conv.system, conv.source, conv.origin)
+            tokenized = self._tokenize([self.render(kept)])[0]
+            if len(self.bos) + len(tokenized.ids) <= self.cutoff_len:
+                return self._sample(tokenized, truncated=True)
+        last = Conversation(groups[-1], conv.system, conv.source, conv.origin)
+        return self._sample(self._cut(self._tokenize([self.render(last)])[0]), truncated=True)
 
-    def _cut_single(self, prefix: list[int], pair: tuple[list[int], list[int]]) -> Pieces:
-        prompt, response = prefix + pair[0], pair[1]
-        limit = self.cutoff_len
-        if len(prompt) + len(response) <= limit:
-            return prefix, [pair]
-        # The prompt gives way first, but keeps at least half the budget when the response is long.
-        prompt_budget = max(limit - len(response), min(len(prompt), limit // 2))
-        if len(prompt) > prompt_budget:
-            head = min(len(prefix), prompt_budget // 2)  # keep BOS + system, and the response header at the end
-            prompt = prompt[:head] + prompt[len(prompt) - (prompt_budget - head) :]
+    def _cut(self, tokenized: Tokenized) -> Tokenized:
+        ids, owner = list(tokenized.ids), tokenized.owner.tolist()
+        first_answer = next((i for i, o in enumerate(owner) if o >= 0), len(ids))
+        prompt, answer = ids[:first_answer], ids[first_answer:]
+        limit = self.cutoff_len - len(self.bos)
+        # The prompt gives way first, but keeps at least half the budget when the answer is long.
+        budget = max(limit - len(answer), min(len(prompt), limit // 2))
+        if len(prompt) > budget:
+            head = budget // 2  # the start (system prompt, instruction) and the end (the answer header)
+            prompt = prompt[:head] + prompt[len(prompt) - (budget - head) :]
         room = limit - len(prompt)
-        if len(response) > room:
-            response = response[: room - 1] + [self.eos_id]
-        return [], [(prompt, response)]
+        if len(answer) > room:
+            answer = answer[: room - 1] + answer[-1:]  # the end token: the model must learn to stop
+        return Tokenized(prompt + answer, np.array([-1] * len(prompt) + [0] * len(answer), dtype=np.int64))
 
 
-def _check_answered(conv: Conversation, pairs: list) -> None:
-    if any(response is None for _, response in pairs):
-        raise DataError(f"{conv.source}: a user turn has no assistant answer after it")
+def _owners(ids: list[int], offsets, segments: list[Segment]) -> Tokenized:
+    """Which answer each token belongs to: a token is trained when its characters overlap an
+    answer segment (so a word piece that straddles the boundary is learned, not skipped)."""
+    starts = np.array([o[0] for o in offsets], dtype=np.int64)
+    ends = np.array([o[1] for o in offsets], dtype=np.int64)
+    owner = np.full(len(ids), -1, dtype=np.int64)
+    position, answer = 0, 0
+    for segment in segments:
+        end = position + len(segment.text)
+        if segment.answer:
+            owner[(starts < end) & (ends > position) & (owner < 0)] = answer
+            answer += 1
+        position = end
+    return Tokenized(list(ids), owner)
 
 
-def _sample(prefix: list[int], pairs: list, truncated: bool) -> Sample:
-    input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
-    for prompt, response in pairs:
-        input_ids += prompt + response
-        labels += [IGNORE_INDEX] * len(prompt) + response
-    return Sample(input_ids, labels, truncated)
-
-
-def _length(prefix: list[int], pairs: list) -> int:
-    return len(prefix) + sum(len(p) + len(r or []) for p, r in pairs)
+def _check_answered(conv: Conversation) -> None:
+    if not conv.turns or conv.turns[-1].role not in ANSWER_ROLES:
+        raise DataError(f"{conv.source}: the conversation must end with an answer to train on")
 
 
 def adds_bos(tokenizer) -> bool:

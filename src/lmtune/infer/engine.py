@@ -22,7 +22,7 @@ from lmtune.data.records import Conversation
 from lmtune.errors import LmtuneError
 from lmtune.model.adapters import load_adapter
 from lmtune.model.load import align_special_tokens, load_model, load_tokenizer
-from lmtune.templates.template import Template, get_template
+from lmtune.templates.template import TEMPLATE_FILE, Template, get_template
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Engine:
         self.template = template
         self.settings = settings
         self.encoder = Encoder(tokenizer, template, cutoff_len=2**31)  # prompts are never cut here
+        self.stop_ids = end_token_ids(tokenizer, template)
 
     # ------------------------------------------------------------ public
 
@@ -79,7 +80,7 @@ class Engine:
         config = GenerationConfig(
             max_new_tokens=s.max_new_tokens,
             repetition_penalty=s.repetition_penalty,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             do_sample=s.temperature > 0,
         )
@@ -89,15 +90,25 @@ class Engine:
 
     def _reply(self, new_ids: torch.Tensor) -> Reply:
         ids = new_ids.tolist()
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        ended_on_eos = eos in ids
+        end = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
+        ended_on_eos = end is not None
         if ended_on_eos:
-            ids = ids[: ids.index(eos)]
-        while ids and ids[-1] == pad:  # rows that finished early are filled with pad
+            ids = ids[:end]
+        while ids and ids[-1] == self.tokenizer.pad_token_id:  # rows that finished early are filled with pad
             ids.pop()
         text, hit_stop = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), self.template.stop)
         reason = "stop" if ended_on_eos or hit_stop else "length"
         return Reply(text.rstrip("\ufffd").strip(), reason, len(ids) + ended_on_eos)
+
+
+def end_token_ids(tokenizer, template: Template) -> list[int]:
+    """Generation ends at the tokenizer's EOS and at the token that ends the template's answers
+    (<|im_end|>, <|eot_id|>, …), which the model was trained to write."""
+    ids = {tokenizer.eos_token_id}
+    end = template.end_token()
+    if end != "{eos}":
+        ids.add(tokenizer.convert_tokens_to_ids(end))
+    return sorted(ids)
 
 
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
@@ -178,7 +189,7 @@ def load_engine(
     if base is None:
         raise LmtuneError("no base model: pass --model DIR (the adapter folder has no run.yaml naming it)")
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
-    chosen = _choose_template(template, run)
+    chosen = _choose_template(template, run, run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     model_obj = load_model(base, run.model.dtype if run else "auto")
     align_special_tokens(model_obj, tokenizer)
@@ -187,10 +198,13 @@ def load_engine(
     return Engine(model_obj, tokenizer, chosen, settings or (run.generate if run else GenerateConfig()))
 
 
-def _choose_template(name: str | None, run: RunConfig | None) -> Template:
+def _choose_template(name: str | None, run: RunConfig | None, run_dir: str | None) -> Template:
     trained = run.data.template if run else None
     if name and trained and name != trained:
         log.warning("template '%s' overrides '%s', the template this model was trained with", name, trained)
     if not (name or trained):
         raise LmtuneError("no template: the model folder has no run.yaml; pass --template NAME (see `lmtune templates`)")
-    return get_template(name or trained)
+    saved = Path(run_dir or "") / TEMPLATE_FILE
+    if (name or trained) == trained and saved.is_file():
+        return get_template(trained, saved)  # exactly the template training used
+    return get_template(name or trained, run.data.template_file if run else None)
