@@ -104,3 +104,26 @@ def test_the_chat_template_lmtune_writes_renders_like_lmtune(name):
         for case in (conv, conv.without_last_answer()[0]):
             rendered = tokenizer.apply_chat_template(messages(case), chat_template=to_jinja(template), tokenize=False)
             assert rendered == "".join(s.text for s in template.render(case, "<s>", "</s>"))
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_template_auto_trains_on_the_tokenizers_own_chat_template(name, family_tokenizer):
+    from lmtune.templates.hf import template_for
+
+    family_tokenizer.chat_template = OFFICIAL[name]
+    try:
+        auto = Encoder(family_tokenizer, template_for("auto", family_tokenizer), cutoff_len=4096)
+        named = Encoder(family_tokenizer, get_template(name), cutoff_len=4096)
+        for conv in CONVERSATIONS:
+            prompt, _ = conv.without_last_answer()
+            assert auto.prompt_ids(prompt) == named.prompt_ids(prompt)
+            auto_sample, named_sample = auto.encode(conv), named.encode(conv)
+            n = len(named_sample.input_ids)
+            assert auto_sample.input_ids[:n] == named_sample.input_ids
+            # The same tokens are trained, except that auto also trains what the official template
+            # puts after each answer (qwen's newline), which the named template counts as prompt.
+            extra = [a for a, b in zip(auto_sample.labels, named_sample.labels + [-100] * 9) if a != b]
+            assert all(b == -100 or a == b for a, b in zip(auto_sample.labels, named_sample.labels))
+            assert family_tokenizer.decode(extra).strip() == ""
+    finally:
+        family_tokenizer.chat_template = None

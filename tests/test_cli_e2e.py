@@ -91,3 +91,23 @@ def test_lora_training_chat_and_generate_with_adapter(full_run):
     assert result.returncode == 0, result.stderr
     assert len(preds.read_text(encoding="utf-8").splitlines()) == 4
 
+
+
+def test_chat_prompt_is_the_training_prefix_and_the_saved_chat_template_agrees(full_run, llama_dir):
+    from lmtune.data.encode import Encoder
+    from lmtune.data.readers import read_conversations
+    from lmtune.infer.engine import load_engine
+    from lmtune.model.load import load_tokenizer
+    from lmtune.templates.template import get_template
+
+    engine = load_engine(model=str(full_run / "out"))  # everything from the output folder alone
+    assert (full_run / "out" / "template.yaml").is_file()
+    for conv, record in read_conversations(full_run / "train.json"):
+        training = Encoder(load_tokenizer(llama_dir), get_template("alpaca"), 128).encode(conv)
+        prompt = engine.encoder.prompt_ids(conv.without_last_answer()[0])
+        assert training.input_ids[: len(prompt)] == prompt
+        assert training.labels[len(prompt) - 1] == -100 and training.labels[len(prompt)] != -100
+        user = record["instruction"] + (f"\n{record['input']}" if record["input"] else "")
+        text = engine.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        if not record["input"]:  # chat messages have no separate input field; Alpaca's with-input prompt differs
+            assert [engine.tokenizer.bos_token_id] + engine.tokenizer(text, add_special_tokens=False)["input_ids"] == prompt

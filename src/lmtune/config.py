@@ -56,7 +56,7 @@ class DataConfig(Section):
     dataset_dir: str = Field("data", description="Folder holding dataset_info.json and the files it names.")
     format: Literal[DATA_FORMATS] = Field("auto", description="Record format; auto detects it per file.")
     template_file: str | None = Field(None, description="YAML file with templates of your own (same shape as the registry).")
-    template: str = Field("alpaca", description="Prompt template name (`lmtune templates`).")
+    template: str = Field("alpaca", description="Prompt template name (`lmtune templates`), or auto: the tokenizer's chat_template.")
     train_on: Literal["all_assistant", "last_assistant", "all"] = Field(
         "all_assistant", description="Trained tokens: every answer, the last answer only, or everything."
     )
@@ -90,7 +90,7 @@ class DataConfig(Section):
     def _known_template(cls, name: str, info: ValidationInfo) -> str:
         from lmtune.templates.template import load_templates
 
-        names = list(load_templates(info.data.get("template_file")))
+        names = [*load_templates(info.data.get("template_file")), "auto"]
         if name not in names:
             hint = _closest(name, names)
             raise ValueError(

@@ -46,8 +46,7 @@ class Encoder:
         self.tokenizer, self.template, self.cutoff_len, self.train_on = tokenizer, template, cutoff_len, train_on
         self.eos_id = tokenizer.eos_token_id
         self.marks = {"bos": tokenizer.bos_token or "", "eos": tokenizer.eos_token}
-        uses_bos = any("{bos}" in (f or "") for f in (template.prefix, template.user, template.system))
-        self.bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) and not uses_bos else []
+        self.bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) and not template.writes_bos() else []
         self._check_tokens()
 
     def _check_tokens(self) -> None:

@@ -22,6 +22,7 @@ from lmtune.data.records import Conversation
 from lmtune.errors import LmtuneError
 from lmtune.model.adapters import load_adapter
 from lmtune.model.load import align_special_tokens, load_model, load_tokenizer
+from lmtune.templates.hf import template_for
 from lmtune.templates.template import TEMPLATE_FILE, Template, get_template
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,8 @@ def load_engine(
     if base is None:
         raise LmtuneError("no base model: pass --model DIR (the adapter folder has no run.yaml naming it)")
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
-    chosen = _choose_template(template, run, run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
+    chosen = _choose_template(template, run, run_dir, tokenizer)
     model_obj = load_model(base, run.model.dtype if run else "auto")
     align_special_tokens(model_obj, tokenizer)
     if adapter:
@@ -198,7 +199,7 @@ def load_engine(
     return Engine(model_obj, tokenizer, chosen, settings or (run.generate if run else GenerateConfig()))
 
 
-def _choose_template(name: str | None, run: RunConfig | None, run_dir: str | None) -> Template:
+def _choose_template(name: str | None, run: RunConfig | None, run_dir: str | None, tokenizer) -> Template:
     trained = run.data.template if run else None
     if name and trained and name != trained:
         log.warning("template '%s' overrides '%s', the template this model was trained with", name, trained)
@@ -207,4 +208,4 @@ def _choose_template(name: str | None, run: RunConfig | None, run_dir: str | Non
     saved = Path(run_dir or "") / TEMPLATE_FILE
     if (name or trained) == trained and saved.is_file():
         return get_template(trained, saved)  # exactly the template training used
-    return get_template(name or trained, run.data.template_file if run else None)
+    return template_for(name or trained, tokenizer, run.data.template_file if run else None)

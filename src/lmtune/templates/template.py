@@ -89,6 +89,9 @@ class Template:
         content = f"{turn.content}\n{turn.input}" if turn.input else turn.content
         return self.user.format(content=system_block + content, **marks)
 
+    def writes_bos(self) -> bool:
+        return any("{bos}" in fmt for fmt in (self.prefix, self.user, self.system))
+
     def end_token(self) -> str:
         """What ends every answer: "{eos}" or one of the template's special tokens."""
         return "{eos}" if self.assistant.endswith("{eos}") else next(t for t in self.tokens if self.assistant.endswith(t))

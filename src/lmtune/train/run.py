@@ -24,7 +24,8 @@ from lmtune.model.load import (
     resolve_dtype,
 )
 from lmtune.templates.jinja import to_jinja
-from lmtune.templates.template import get_template, save_template
+from lmtune.templates.hf import template_for
+from lmtune.templates.template import Template, save_template
 from lmtune.train.callbacks import MetricsFile, ProgressLines, plot_loss
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def train(config: RunConfig) -> TrainResult:
     save_run_config(config, output_dir)  # written first, so even a failed run says what it was
 
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
-    template = get_template(config.data.template, config.data.template_file)
+    template = template_for(config.data.template, tokenizer, config.data.template_file)
     encoder = Encoder(tokenizer, template, config.data.cutoff_len, config.data.train_on)
     data = prepare(config.data, encoder, config.train.seed)
     _log_data(data, output_dir)
@@ -61,8 +62,9 @@ def train(config: RunConfig) -> TrainResult:
     outcome = trainer.train()
 
     trainer.save_model(str(output_dir))
-    save_template(template, output_dir)
-    tokenizer.chat_template = to_jinja(template)  # transformers and vLLM then format prompts as training did
+    if isinstance(template, Template):  # with template: auto the tokenizer already carries its chat_template
+        save_template(template, output_dir)
+        tokenizer.chat_template = to_jinja(template)  # transformers and vLLM then format prompts as training did
     tokenizer.save_pretrained(output_dir)
     if initial is not None:
         verify_adapter(output_dir, initial)
