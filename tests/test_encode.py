@@ -124,3 +124,25 @@ def test_template_tokens_must_be_single_tokens(tokenizer):
 
     with pytest.raises(ModelError, match=r"template 'llama3' needs the special token '<\|start_header_id\|>'"):
         Encoder(tokenizer, get_template("llama3"), 64)
+
+
+@pytest.mark.parametrize("turns", [1, 2, 5])
+@pytest.mark.parametrize("train_on", ["all_assistant", "last_assistant", "all"])
+def test_mask_positions_for_every_train_on_mode(tokenizer, turns, train_on):
+    conv = Conversation([t for i in range(turns) for t in exchange(f"question {i}?", f"answer {i}.")], system="Be brief.")
+    encoder = Encoder(tokenizer, get_template("chatml"), 1024, train_on=train_on)
+    sample = encoder.encode(conv)
+    answers = [f"answer {i}.<|im_end|>" for i in range(turns)]
+    # Where each answer starts and ends, from the generation prompts of growing prefixes.
+    spans = []
+    for i in range(turns):
+        start = len(encoder.prompt_ids(Conversation(conv.turns[: 2 * i + 1], system="Be brief.")))
+        spans.append((start, start + len(ids(tokenizer, answers[i]))))
+    expected = [IGNORE_INDEX] * len(sample.input_ids)
+    everything = [(len(encoder.bos), len(sample.input_ids))]  # all but BOS, which nothing predicts
+    chosen = {"all_assistant": spans, "last_assistant": spans[-1:], "all": everything}[train_on]
+    for a, b in chosen:
+        expected[a:b] = sample.input_ids[a:b]
+    assert sample.labels == expected
+    for a, b in spans:
+        assert tokenizer.decode(sample.input_ids[a:b]) in answers
