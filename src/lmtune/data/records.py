@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 USER, ASSISTANT = "user", "assistant"
 FUNCTION, OBSERVATION = "function", "observation"  # tool call by the assistant, and the tool's answer
