@@ -78,7 +78,7 @@ def test_lora_training_chat_and_generate_with_adapter(full_run):
     )
     assert result.returncode == 0, result.stderr
     assert (adapter / "adapter_model.safetensors").stat().st_size > 10_000
-    assert "LoRA:" in result.stderr and "trainable parameters" in result.stderr
+    assert "lora: " in result.stderr and "trainable parameters" in result.stderr
 
     # The base model and the template come from the adapter's run.yaml.
     chat = lmtune("chat", "--adapter", adapter, stdin="中国的首都是哪里？\nWhat is two plus two?\n/exit\n")

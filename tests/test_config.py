@@ -55,7 +55,7 @@ def test_bad_values_name_the_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, ISSUE_EXAMPLE), ["finetune.method=lore", "data.template=alpacca"])
     message = str(err.value)
-    assert "finetune.method: Input should be 'lora' or 'full' (got 'lore')" in message
+    assert "finetune.method: 'lore' is not one of lora, qlora, full, freeze, ptuning, prefix, prompt; did you mean 'lora'?" in message
     assert "data.template: unknown template 'alpacca'; did you mean 'alpaca'?" in message
 
 

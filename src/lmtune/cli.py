@@ -44,7 +44,8 @@ def train(
 
     result = run_training(load_config(config, overrides or []))
     console.print(f"[green]done[/]: average training loss {result.final_loss:.4f}")
-    console.print(f"outputs in {result.output_dir} (loss curve: {result.loss_plot})")
+    curve = result.loss_plot or "none: the run was shorter than train.logging_steps"
+    console.print(f"outputs in {result.output_dir} (loss curve: {curve})")
 
 
 def _engine_options(model, adapter, template, max_new_tokens, temperature, repetition_penalty, batch_size=None):

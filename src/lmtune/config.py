@@ -101,16 +101,41 @@ class DataConfig(Section):
 
 class LoraConfig(Section):
     r: int = Field(8, gt=0, description="LoRA rank.")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target: Literal["all-linear"] | list[str] = Field(
         "all-linear", description="Modules to adapt: every linear layer of the blocks, or a list of names."
     )
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r), for high ranks.")
+    use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its direction.")
+    modules_to_save: list[str] | None = Field(None, description="Modules trained in full beside LoRA (e.g. lm_head).")
+
+
+class FreezeConfig(Section):
+    layers: int = Field(2, gt=0, description="Train the last N transformer blocks; the rest stay frozen.")
+    train_embeddings: bool = Field(False, description="Also train the input embeddings.")
+
+
+class PromptLearningConfig(Section):
+    num_virtual_tokens: int = Field(20, gt=0, description="Learned prompt length (ptuning, prefix, prompt).")
+    encoder_hidden_size: int | None = Field(None, gt=0, description="P-tuning's prompt encoder width (default: model width).")
+
+
+class QuantConfig(Section):
+    bits: Literal[4, 8] = Field(4, description="Quantise the frozen base to 4-bit (NF4) or 8-bit.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantise the quantisation constants too (saves ~0.4 bit/param).")
 
 
 class FinetuneConfig(Section):
-    method: Literal["lora", "full"] = Field("lora", description="What to train: LoRA adapters or every weight.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (method: lora).")
+    method: Literal["lora", "qlora", "full", "freeze", "ptuning", "prefix", "prompt"] = Field(
+        "lora", description="What to train: LoRA/QLoRA adapters, every weight, the last blocks, or a learned prompt."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (lora, qlora).")
+    quant: QuantConfig = Field(default_factory=QuantConfig, description="Base quantisation (qlora).")
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="Freeze settings (freeze).")
+    prompt: PromptLearningConfig = Field(default_factory=PromptLearningConfig, description="ptuning / prefix / prompt settings.")
+    adapter: str | None = Field(None, description="Continue training this adapter folder (continued SFT in rounds).")
 
 
 class TrainConfig(BaseModel):
@@ -235,6 +260,10 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{key}: required but missing"
     if err["type"] == "value_error":
         return f"{key}: {err['ctx']['error']}"
+    if err["type"] == "literal_error":
+        options = re.findall(r"'([^']*)'", err["ctx"]["expected"])
+        hint = _closest(str(err.get("input")), options)
+        return f"{key}: {err.get('input')!r} is not one of {', '.join(options)}" + (f"; did you mean '{hint}'?" if hint else "")
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
@@ -292,6 +321,8 @@ def resolve_paths(config: RunConfig) -> RunConfig:
     config.data.path = [str(Path(p).expanduser().resolve()) for p in config.data.path]
     config.data.dataset_dir = str(Path(config.data.dataset_dir).expanduser().resolve())
     config.data.cache_dir = str(Path(config.data.cache_dir).expanduser().resolve())
+    if config.finetune.adapter:
+        config.finetune.adapter = str(Path(config.finetune.adapter).expanduser().resolve())
     if config.data.template_file:
         config.data.template_file = str(Path(config.data.template_file).expanduser().resolve())
     return config

@@ -1,4 +1,5 @@
-"""LoRA through peft: attach, snapshot, and verify what was saved (no more 443-byte adapters)."""
+"""What gets trained: LoRA/DoRA, P-tuning, prefix and prompt tuning through peft, or the last blocks
+(freeze); then snapshot and verify what was saved (no more 443-byte adapters)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,28 @@ from pathlib import Path
 
 import torch
 
-from lmtune.config import LoraConfig
+from lmtune.config import FinetuneConfig, FreezeConfig, LoraConfig, PromptLearningConfig
 from lmtune.errors import AdapterError
 
 ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def apply_method(model, cfg: FinetuneConfig):
+    """The model to train and, for adapters, their initial tensors (for the check after saving)."""
+    from peft import PeftModel
+
+    if cfg.method == "full":
+        return model, None
+    if cfg.method == "freeze":
+        freeze_all_but_last(model, cfg.freeze)
+        return model, None
+    if cfg.adapter:
+        model = PeftModel.from_pretrained(model, load_adapter_dir(cfg.adapter), is_trainable=True)
+    elif cfg.method in ("lora", "qlora"):
+        model = attach_lora(model, cfg.lora)
+    else:
+        model = attach_prompt_learning(model, cfg.method, cfg.prompt)
+    return model, adapter_state(model)
 
 
 def attach_lora(model, cfg: LoraConfig):
@@ -21,9 +40,53 @@ def attach_lora(model, cfg: LoraConfig):
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.target,  # "all-linear": every linear layer of the blocks, never lm_head
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        modules_to_save=cfg.modules_to_save,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)
+
+
+def attach_prompt_learning(model, method: str, cfg: PromptLearningConfig):
+    """P-tuning (v2-style prompt encoder), prefix tuning or plain prompt tuning."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+
+    common = {"task_type": "CAUSAL_LM", "num_virtual_tokens": cfg.num_virtual_tokens}
+    peft_config = {
+        "ptuning": lambda: PromptEncoderConfig(**common, encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size),
+        "prefix": lambda: PrefixTuningConfig(**common),
+        "prompt": lambda: PromptTuningConfig(**common),
+    }[method]()
+    return get_peft_model(model, peft_config)
+
+
+def freeze_all_but_last(model, cfg: FreezeConfig) -> None:
+    """Train the last N transformer blocks (and optionally the embeddings); freeze the rest."""
+    blocks = transformer_blocks(model)
+    if cfg.layers > len(blocks):
+        raise AdapterError(f"finetune.freeze.layers={cfg.layers}, but the model has {len(blocks)} blocks")
+    for param in model.parameters():
+        param.requires_grad = False
+    for block in list(blocks)[-cfg.layers :]:
+        for param in block.parameters():
+            param.requires_grad = True
+    if cfg.train_embeddings:
+        model.get_input_embeddings().weight.requires_grad = True
+
+
+def transformer_blocks(model) -> torch.nn.ModuleList:
+    """The model's stack of blocks: its longest ModuleList (model.layers in Llama, transformer.h in Bloom)."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise AdapterError(f"cannot find the transformer blocks of {type(model).__name__} to freeze")
+    return max(lists, key=len)
+
+
+def load_adapter_dir(path: str) -> str:
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise AdapterError(f"finetune.adapter: '{path}' holds no adapter (adapter_config.json missing)")
+    return path
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lmtune.errors import ModelError
+from lmtune.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,42 @@ def ensure_pad_token(tokenizer) -> None:
     raise ModelError("the tokenizer has neither a pad, unk nor eos token; add one to tokenizer_config.json")
 
 
-def load_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = False):
+def quantization(finetune):
+    """bitsandbytes settings for QLoRA; its kernels need a CUDA GPU."""
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "finetune.method: qlora quantises the base with bitsandbytes, whose 4/8-bit kernels need a CUDA GPU; "
+            "none is visible here, so use method: lora (same adapters, unquantised base)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    q = finetune.quant
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=resolve_dtype("auto"),
+    )
+
+
+def load_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = False, quantization_config=None):
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(path)
     torch_dtype = resolve_dtype(dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=True
+            path,
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+            quantization_config=quantization_config,
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load a causal LM from '{path}': {' '.join(str(exc).split())}") from exc
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and quantization_config is None:  # quantised weights are placed on load
         model.to("cuda")
     return model
 

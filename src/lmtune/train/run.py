@@ -14,13 +14,14 @@ from lmtune.data.load import LoadReport
 from lmtune.data.prepare import Prepared, prepare
 from lmtune.data.registry import resolve_datasets
 from lmtune.errors import ConfigError
-from lmtune.model.adapters import adapter_state, attach_lora, verify_adapter
+from lmtune.model.adapters import apply_method, verify_adapter
 from lmtune.model.load import (
     align_special_tokens,
     check_model_dir,
     check_token_ids,
     load_model,
     load_tokenizer,
+    quantization,
     resolve_dtype,
 )
 from lmtune.templates.jinja import to_jinja
@@ -83,23 +84,27 @@ def _rows(samples: list[Sample]) -> list[dict]:
 
 def _load_model(config: RunConfig):
     dtype = config.model.dtype
-    if config.finetune.method == "full" and resolve_dtype(dtype) == torch.float16:
+    if config.finetune.method in ("full", "freeze") and resolve_dtype(dtype) == torch.float16:
         dtype = "float32"  # fp16 master weights cannot be unscaled; AMP keeps fp32 weights and fp16 math
-    return load_model(config.model.path, dtype, config.model.trust_remote_code)
+    quant = quantization(config.finetune) if config.finetune.method == "qlora" else None
+    model = load_model(config.model.path, dtype, config.model.trust_remote_code, quantization_config=quant)
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)  # norms in fp32, input grads for checkpointing
+    return model
 
 
 def _prepare_method(model, config: RunConfig):
     """Returns the model to train and, for adapters, their initial tensors (for the save check)."""
     from transformers import set_seed
 
-    set_seed(config.train.seed)  # LoRA's A matrices are drawn here
-    if config.finetune.method == "full":
-        return model, None
-    model = attach_lora(model, config.finetune.lora)
+    set_seed(config.train.seed)  # LoRA's A matrices and prompt embeddings are drawn here
+    model, initial = apply_method(model, config.finetune)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("LoRA: %s trainable parameters of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    return model, adapter_state(model)
+    log.info("%s: %s trainable parameters of %s (%.3f%%)", config.finetune.method, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model, initial
 
 
 def _build_trainer(config: RunConfig, model, tokenizer, train_rows: list[dict], dev_rows: list[dict]):
