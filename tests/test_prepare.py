@@ -36,3 +36,20 @@ def test_second_run_reads_the_cache_and_a_changed_file_misses_it(tmp_path, token
     other_template = prepare(data, Encoder(tokenizer, get_template("chatml"), 64), seed=1)
     assert not other_template.from_cache
     assert not prepare(data.model_copy(update={"cache": False}), encoder, seed=1).from_cache
+
+
+def test_template_auto_is_cached_by_the_tokenizers_chat_template(tmp_path, tokenizer):
+    from lmtune.templates.hf import template_for
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n", encoding="utf-8")
+    data = DataConfig(path=[str(path)], cache_dir=str(tmp_path / "cache"), template="auto")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}"
+    try:
+        first = prepare(data, Encoder(tokenizer, template_for("auto", tokenizer), 64), seed=1)
+        assert prepare(data, Encoder(tokenizer, template_for("auto", tokenizer), 64), seed=1).from_cache
+        tokenizer.chat_template = tokenizer.chat_template.replace(": ", ":: ")
+        assert not prepare(data, Encoder(tokenizer, template_for("auto", tokenizer), 64), seed=1).from_cache
+        assert tokenizer.decode(first.train[0].input_ids) == "<s>user: a</s>assistant: b</s>"
+    finally:
+        tokenizer.chat_template = None

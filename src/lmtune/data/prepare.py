@@ -7,7 +7,6 @@ starts training at once; change any of them and the data is encoded again.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -70,7 +69,7 @@ def cache_key(data: DataConfig, encoder: Encoder, seed: int) -> str:
         "lmtune": [__version__, CACHE_FORMAT],
         "files": files,
         "data": data.model_dump(mode="json", exclude=ignored),
-        "template": dataclasses.asdict(encoder.template),
+        "template": encoder.template.fingerprint(),
         "tokenizer": _tokenizer_digest(encoder.tokenizer),
         "cutoff_len": encoder.cutoff_len,
         "seed": seed,

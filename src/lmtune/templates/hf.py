@@ -50,6 +50,9 @@ class TokenizerChatTemplate:
             return ""
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
+    def fingerprint(self) -> dict:
+        return {"chat_template": self.tokenizer.chat_template}
+
     def writes_bos(self) -> bool:
         return "bos_token" in (self.tokenizer.chat_template or "")
 

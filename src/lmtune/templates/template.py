@@ -89,6 +89,10 @@ class Template:
         content = f"{turn.content}\n{turn.input}" if turn.input else turn.content
         return self.user.format(content=system_block + content, **marks)
 
+    def fingerprint(self) -> dict:
+        """Everything that decides the rendering, for cache keys."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "description"}
+
     def writes_bos(self) -> bool:
         return any("{bos}" in fmt for fmt in (self.prefix, self.user, self.system))
 
