@@ -28,6 +28,7 @@ from lmtune.templates.jinja import to_jinja
 from lmtune.templates.hf import template_for
 from lmtune.templates.template import Template, save_template
 from lmtune.train.callbacks import MetricsFile, ProgressLines, plot_loss
+from lmtune.train.guards import Guards
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ def _build_trainer(config: RunConfig, model, tokenizer, train_rows: list[dict], 
     args.setdefault("remove_unused_columns", False)  # our collator needs input_ids and labels as they are
     args.setdefault("include_num_input_tokens_seen", "non_padding")  # for tokens/s in metrics.jsonl
     args.setdefault("disable_tqdm", True)  # ProgressLines reports instead
+    # HF logs a NaN/inf loss as the running average, which shows a broken run as loss 0; log it as it is
+    # so the guards (and the user) see NaN.
+    args.setdefault("logging_nan_inf_filter", False)
     if dev_rows:
         args.setdefault("eval_strategy", "steps")
         args.setdefault("eval_steps", 0.1)  # ten evaluations per run, whatever its length
@@ -132,7 +136,11 @@ def _build_trainer(config: RunConfig, model, tokenizer, train_rows: list[dict], 
         eval_dataset=dev_rows or None,
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[MetricsFile(Path(config.train.output_dir)), ProgressLines(log.info)],
+        callbacks=[
+            MetricsFile(Path(config.train.output_dir)),
+            ProgressLines(log.info),
+            Guards("fp16" if training_args.fp16 else "bf16" if training_args.bf16 else None),
+        ],
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; ProgressLines says the same readably
     return trainer
