@@ -154,10 +154,13 @@ class TrainConfig(BaseModel):
     save_strategy: str = Field("no", description="Checkpoints during training: no | steps | epoch.")
     report_to: str | list[str] = Field("none", description="Experiment trackers (tensorboard, wandb, ...).")
     seed: int = Field(42, description="Seed for model init, data order and dropout.")
+    resume: str | None = Field(
+        None, description="auto: continue from the newest complete checkpoint in output_dir; or a checkpoint folder."
+    )
 
     def training_arguments(self) -> dict[str, Any]:
         """Keyword arguments for `transformers.TrainingArguments`."""
-        args = self.model_dump()
+        args = self.model_dump(exclude={"resume"})
         ratio = args.pop("warmup_ratio")
         args.setdefault("warmup_steps", ratio)  # an explicit warmup_steps wins
         return args

@@ -16,9 +16,11 @@ LOSS_PLOT = "loss.png"
 class MetricsFile(TrainerCallback):
     """One JSON line per logging step: step, epoch, loss, learning_rate, grad_norm, tokens_per_second."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, keep_until: int = 0):
+        """keep_until: a resumed run keeps the lines up to its checkpoint's step and goes on from there."""
         self.path = Path(output_dir) / METRICS_FILE
-        self.path.write_text("", encoding="utf-8")
+        kept = [row for row in read_metrics(output_dir) if row["step"] <= keep_until] if keep_until else []
+        self.path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
         self._last = (time.perf_counter(), 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -85,6 +87,8 @@ def smoothed(values: list[float], weight: float) -> list[float]:
 
 def read_metrics(output_dir: Path) -> list[dict]:
     path = Path(output_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

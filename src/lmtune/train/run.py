@@ -28,6 +28,7 @@ from lmtune.templates.jinja import to_jinja
 from lmtune.templates.hf import template_for
 from lmtune.templates.template import Template, save_template
 from lmtune.train.callbacks import MetricsFile, ProgressLines, plot_loss
+from lmtune.train.checkpoints import MarkComplete, resume_point, step_of
 from lmtune.train.guards import Guards
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,11 @@ def train(config: RunConfig) -> TrainResult:
     check_token_ids(max(max(s.input_ids) for s in data.train + data.dev), model, tokenizer)
     model, initial = _prepare_method(model, config)
 
-    trainer = _build_trainer(config, model, tokenizer, _rows(data.train), _rows(data.dev))
-    outcome = trainer.train()
+    checkpoint = resume_point(output_dir, config.train.resume)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    trainer = _build_trainer(config, model, tokenizer, _rows(data.train), _rows(data.dev), checkpoint)
+    outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     trainer.save_model(str(output_dir))
     if isinstance(template, Template):  # with template: auto the tokenizer already carries its chat_template
@@ -108,7 +112,7 @@ def _prepare_method(model, config: RunConfig):
     return model, initial
 
 
-def _build_trainer(config: RunConfig, model, tokenizer, train_rows: list[dict], dev_rows: list[dict]):
+def _build_trainer(config: RunConfig, model, tokenizer, train_rows: list[dict], dev_rows: list[dict], checkpoint=None):
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     args = config.train.training_arguments()
@@ -137,7 +141,8 @@ def _build_trainer(config: RunConfig, model, tokenizer, train_rows: list[dict], 
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[
-            MetricsFile(Path(config.train.output_dir)),
+            MetricsFile(Path(config.train.output_dir), keep_until=step_of(checkpoint) if checkpoint else 0),
+            MarkComplete(),
             ProgressLines(log.info),
             Guards("fp16" if training_args.fp16 else "bf16" if training_args.bf16 else None),
         ],
