@@ -127,6 +127,27 @@ def generate(
     console.print(f"wrote {count} predictions to {out}")
 
 
+@app.command()
+def export(
+    out: Path = typer.Option(..., "--out", help="Folder for the merged model."),
+    model: Optional[str] = MODEL,
+    adapter: Optional[str] = ADAPTER,
+    max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    dequantize: bool = typer.Option(False, "--dequantize", help="Merge into a full-precision copy of a quantised base."),
+):
+    """Merge a LoRA/DoRA adapter into its base and write a plain Hugging Face model folder."""
+    from lmtune.model.export import export as run_export
+    from lmtune.model.load import DTYPES
+
+    if not (model or adapter):
+        raise LmtuneError("pass --model DIR, --adapter DIR, or both")
+    if dtype not in DTYPES:
+        raise LmtuneError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    run_export(out, model, adapter, max_shard_size, dtype, dequantize)
+    console.print(f"merged model written to {out}; try: lmtune chat --model {out}")
+
+
 templates_app = typer.Typer(help="List the prompt templates, or show one rendered with its trained spans.")
 app.add_typer(templates_app, name="templates")
 
