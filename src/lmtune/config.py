@@ -71,6 +71,7 @@ class DataConfig(Section):
     )
     val_size: float = Field(0, ge=0, description="Dev split held out: a share (< 1) or a record count (>= 1).")
     filters: FiltersConfig = Field(default_factory=FiltersConfig, description="Optional filters, each counted.")
+    packing: bool = Field(False, description="Pack several samples per row, attention kept within each (no padding).")
     cache: bool = Field(True, description="Reuse encoded data from an earlier run with the same inputs.")
     cache_dir: str = Field("~/.cache/lmtune", description="Where encoded data is cached.")
 

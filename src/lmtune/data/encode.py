@@ -217,6 +217,8 @@ def pad_batch(samples: list[dict], pad_id: int, side: str = "right") -> dict[str
 class Collator:
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
+        self.tokens = 0  # real (non-padding) tokens collated so far, for tokens/s
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        self.tokens += sum(len(s["input_ids"]) for s in samples)
         return pad_batch(samples, self.pad_id)

@@ -63,7 +63,7 @@ def encode_all(convs, encoder: Encoder) -> list[Sample]:
 
 
 def cache_key(data: DataConfig, encoder: Encoder, seed: int) -> str:
-    ignored = {"cache", "cache_dir", "streaming", "template", "path", "dataset_dir"}
+    ignored = {"cache", "cache_dir", "streaming", "template", "path", "dataset_dir", "packing"}
     files = [(str(f), _file_digest(f)) for spec in resolve_datasets(data) for f in spec.files]
     parts = {
         "lmtune": [__version__, CACHE_FORMAT],

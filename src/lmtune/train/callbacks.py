@@ -16,22 +16,23 @@ LOSS_PLOT = "loss.png"
 class MetricsFile(TrainerCallback):
     """One JSON line per logging step: step, epoch, loss, learning_rate, grad_norm, tokens_per_second."""
 
-    def __init__(self, output_dir: Path, keep_until: int = 0):
+    def __init__(self, output_dir: Path, collator, keep_until: int = 0):
         """keep_until: a resumed run keeps the lines up to its checkpoint's step and goes on from there."""
         self.path = Path(output_dir) / METRICS_FILE
+        self.collator = collator  # counts the real tokens it batches (HF's count breaks on packed 4D masks)
         kept = [row for row in read_metrics(output_dir) if row["step"] <= keep_until] if keep_until else []
         self.path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
         self._last = (time.perf_counter(), 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._last = (time.perf_counter(), state.num_input_tokens_seen)
+        self._last = (time.perf_counter(), self.collator.tokens)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs:
             self._write({"step": state.global_step, "eval_loss": logs["eval_loss"]})
         if not logs or "loss" not in logs:
             return  # the end-of-training summary has train_loss etc., not a step
-        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        now, tokens = time.perf_counter(), self.collator.tokens
         last_time, last_tokens = self._last
         self._last = (now, tokens)
         row = {

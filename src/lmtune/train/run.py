@@ -11,6 +11,7 @@ import torch
 from lmtune.config import RunConfig, resolve_paths, save_run_config
 from lmtune.data.encode import Collator, Encoder, Sample
 from lmtune.data.load import LoadReport
+from lmtune.data.pack import PackedCollator, check_packing_supported, pack, uses_flash_attention
 from lmtune.data.prepare import Prepared, prepare
 from lmtune.data.registry import resolve_datasets
 from lmtune.errors import ConfigError
@@ -64,7 +65,7 @@ def train(config: RunConfig) -> TrainResult:
     checkpoint = resume_point(output_dir, config.train.resume)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer = _build_trainer(config, model, tokenizer, _rows(data.train), _rows(data.dev), checkpoint)
+    trainer = _build_trainer(config, model, tokenizer, data, checkpoint)
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     trainer.save_model(str(output_dir))
@@ -112,12 +113,23 @@ def _prepare_method(model, config: RunConfig):
     return model, initial
 
 
-def _build_trainer(config: RunConfig, model, tokenizer, train_rows: list[dict], dev_rows: list[dict], checkpoint=None):
+def _batches(config: RunConfig, model, tokenizer, data: Prepared):
+    """Rows and collator: one sample per row (padded), or several per row with data.packing."""
+    if not config.data.packing:
+        return _rows(data.train), _rows(data.dev), Collator(tokenizer.pad_token_id)
+    check_packing_supported(model)
+    train_rows, dev_rows = pack(data.train, config.data.cutoff_len), pack(data.dev, config.data.cutoff_len)
+    log.info("packing: %d samples in %d rows of up to %d tokens", len(data.train), len(train_rows), config.data.cutoff_len)
+    collator = PackedCollator(tokenizer.pad_token_id, block_mask=not uses_flash_attention(model), dtype=model.dtype)
+    return train_rows, dev_rows, collator
+
+
+def _build_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoint=None):
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
+    train_rows, dev_rows, collator = _batches(config, model, tokenizer, data)
     args = config.train.training_arguments()
     args.setdefault("remove_unused_columns", False)  # our collator needs input_ids and labels as they are
-    args.setdefault("include_num_input_tokens_seen", "non_padding")  # for tokens/s in metrics.jsonl
     args.setdefault("disable_tqdm", True)  # ProgressLines reports instead
     # HF logs a NaN/inf loss as the running average, which shows a broken run as loss 0; log it as it is
     # so the guards (and the user) see NaN.
@@ -138,10 +150,10 @@ def _build_trainer(config: RunConfig, model, tokenizer, train_rows: list[dict], 
         args=training_args,
         train_dataset=train_rows,
         eval_dataset=dev_rows or None,
-        data_collator=Collator(tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=[
-            MetricsFile(Path(config.train.output_dir), keep_until=step_of(checkpoint) if checkpoint else 0),
+            MetricsFile(Path(config.train.output_dir), collator, keep_until=step_of(checkpoint) if checkpoint else 0),
             MarkComplete(),
             ProgressLines(log.info),
             Guards("fp16" if training_args.fp16 else "bf16" if training_args.bf16 else None),
