@@ -37,12 +37,19 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks 
 def train(
     config: Path = typer.Argument(..., help="Run config (YAML or JSON)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.learning_rate=1e-4"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes (devices) to train on; default: every visible GPU."),
 ):
     """Fine-tune a model as the config says; results go to train.output_dir."""
     from lmtune.config import load_config
+    from lmtune.train.launch import processes_wanted, relaunch
     from lmtune.train.run import train as run_training
 
-    result = run_training(load_config(config, overrides or []))
+    settings = load_config(config, overrides or [])  # a bad config fails here, once, before any launch
+    if count := processes_wanted(nproc):
+        raise typer.Exit(relaunch(count, [*(["--debug"] if _state["debug"] else []), "train", str(config), *(overrides or [])]))
+    result = run_training(settings)
+    if not result.main_process:
+        return
     console.print(f"[green]done[/]: average training loss {result.final_loss:.4f}")
     curve = result.loss_plot or "none: the run was shorter than train.logging_steps"
     console.print(f"outputs in {result.output_dir} (loss curve: {curve})")

@@ -41,21 +41,31 @@ class TrainResult:
     report: LoadReport
     final_loss: float | None
     loss_plot: Path | None
+    main_process: bool = True  # under torchrun, only rank 0 writes and reports
 
 
 def train(config: RunConfig) -> TrainResult:
+    from accelerate import PartialState
+
     config = resolve_paths(config)
     output_dir = Path(config.train.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     check_model_dir(config.model.path)
     resolve_datasets(config.data)  # missing files and unknown dataset names fail before any loading
-    save_run_config(config, output_dir)  # written first, so even a failed run says what it was
+    # Under torchrun this joins the process group (gloo on CPU, NCCL on GPUs); without cpu=True
+    # accelerate would not see a CPU-only launch as distributed at all.
+    processes = PartialState(cpu=not torch.cuda.is_available())
+    main = processes.is_main_process
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_run_config(config, output_dir)  # written first, so even a failed run says what it was
 
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     template = template_for(config.data.template, tokenizer, config.data.template_file)
     encoder = Encoder(tokenizer, template, config.data.cutoff_len, config.data.train_on)
-    data = prepare(config.data, encoder, config.train.seed)
-    _log_data(data, output_dir)
+    with processes.main_process_first():  # rank 0 encodes and caches; the others read its cache
+        data = prepare(config.data, encoder, config.train.seed)
+    if main:
+        _log_data(data, output_dir)
 
     model = _load_model(config)
     align_special_tokens(model, tokenizer)
@@ -65,10 +75,12 @@ def train(config: RunConfig) -> TrainResult:
     checkpoint = resume_point(output_dir, config.train.resume)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer = _build_trainer(config, model, tokenizer, data, checkpoint)
+    trainer = _build_trainer(config, model, tokenizer, data, checkpoint, main)
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir))  # writes on rank 0 only
+    if not main:
+        return TrainResult(output_dir, data.report, outcome.training_loss, None, main_process=False)
     if isinstance(template, Template):  # with template: auto the tokenizer already carries its chat_template
         save_template(template, output_dir)
         tokenizer.chat_template = to_jinja(template)  # transformers and vLLM then format prompts as training did
@@ -124,13 +136,14 @@ def _batches(config: RunConfig, model, tokenizer, data: Prepared):
     return train_rows, dev_rows, collator
 
 
-def _build_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoint=None):
+def _build_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoint=None, main: bool = True):
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     train_rows, dev_rows, collator = _batches(config, model, tokenizer, data)
     args = config.train.training_arguments()
     args.setdefault("remove_unused_columns", False)  # our collator needs input_ids and labels as they are
     args.setdefault("disable_tqdm", True)  # ProgressLines reports instead
+    args.setdefault("use_cpu", not torch.cuda.is_available())
     # HF logs a NaN/inf loss as the running average, which shows a broken run as loss 0; log it as it is
     # so the guards (and the user) see NaN.
     args.setdefault("logging_nan_inf_filter", False)
@@ -153,10 +166,13 @@ def _build_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoi
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[
-            MetricsFile(Path(config.train.output_dir), collator, keep_until=step_of(checkpoint) if checkpoint else 0),
             MarkComplete(),
-            ProgressLines(log.info),
             Guards("fp16" if training_args.fp16 else "bf16" if training_args.bf16 else None),
+            *(  # one process writes the metrics and reports progress
+                [MetricsFile(Path(config.train.output_dir), collator, step_of(checkpoint) if checkpoint else 0), ProgressLines(log.info)]
+                if main
+                else []
+            ),
         ],
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; ProgressLines says the same readably
