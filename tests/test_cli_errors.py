@@ -65,3 +65,13 @@ def test_chat_needs_a_model_and_knows_its_template(project, llama_dir):
     result = lmtune("chat", "--model", llama_dir, cwd=project)
     assert result.returncode == 2
     assert "no template: the model folder has no run.yaml; pass --template NAME" in result.stderr
+
+
+def test_deepspeed_without_the_package_fails_before_loading_anything(project):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
+    result = lmtune("train", "run.yaml", "train.deepspeed=zero3", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: train.deepspeed needs the deepspeed package: pip install deepspeed (on a machine with CUDA GPUs)"]

@@ -79,3 +79,22 @@ def test_every_shipped_example_config_is_valid():
     assert examples
     for path in examples:
         load_config(path)
+
+
+def test_shipped_deepspeed_configs_leave_the_schedule_to_lmtune(tmp_path):
+    import json
+
+    from lmtune.config import DEEPSPEED_CONFIGS, TrainConfig
+
+    for name in DEEPSPEED_CONFIGS:
+        path = TrainConfig(output_dir="o", deepspeed=name).training_arguments()["deepspeed"]
+        config = json.loads(Path(path).read_text())
+        assert "optimizer" not in config and "scheduler" not in config
+        assert config["train_micro_batch_size_per_gpu"] == "auto" and config["gradient_accumulation_steps"] == "auto"
+        assert config["zero_optimization"]["stage"] == (3 if "zero3" in name else 2)
+    own = tmp_path / "ds.json"
+    own.write_text(json.dumps({"zero_optimization": {"stage": 2}, "scheduler": {"type": "WarmupLR"}}))
+    with pytest.raises(ConfigError, match="brings its own 'scheduler'; it would fight lmtune's"):
+        TrainConfig(output_dir="o", deepspeed=str(own)).training_arguments()
+    with pytest.raises(ConfigError, match="'zero4' is neither zero2, zero2_offload, zero3, zero3_offload nor a JSON file"):
+        TrainConfig(output_dir="o", deepspeed="zero4").training_arguments()

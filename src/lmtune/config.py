@@ -158,13 +158,41 @@ class TrainConfig(BaseModel):
     resume: str | None = Field(
         None, description="auto: continue from the newest complete checkpoint in output_dir; or a checkpoint folder."
     )
+    deepspeed: str | None = Field(
+        None, description="DeepSpeed config: zero2 | zero2_offload | zero3 | zero3_offload (shipped), or a JSON path."
+    )
 
     def training_arguments(self) -> dict[str, Any]:
         """Keyword arguments for `transformers.TrainingArguments`."""
         args = self.model_dump(exclude={"resume"})
         ratio = args.pop("warmup_ratio")
         args.setdefault("warmup_steps", ratio)  # an explicit warmup_steps wins
+        if args["deepspeed"]:
+            args["deepspeed"] = deepspeed_config(args["deepspeed"])
+        else:
+            args.pop("deepspeed")
         return args
+
+
+DEEPSPEED_CONFIGS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
+
+
+def deepspeed_config(name_or_path: str) -> str:
+    """A shipped config by name, or the user's JSON file. The shipped ones hold no optimizer or
+    scheduler: the Trainer's (cosine with warm-up) is the only schedule, so two schedulers cannot
+    fight over the learning rate until it sits at 0."""
+    if name_or_path in DEEPSPEED_CONFIGS:
+        from importlib import resources
+
+        return str(resources.files("lmtune.train").joinpath("deepspeed", f"{name_or_path}.json"))
+    if not Path(name_or_path).is_file():
+        raise ConfigError(f"train.deepspeed: '{name_or_path}' is neither {', '.join(DEEPSPEED_CONFIGS)} nor a JSON file")
+    if "scheduler" in json.loads(Path(name_or_path).read_text(encoding="utf-8")):
+        raise ConfigError(
+            f"train.deepspeed: {name_or_path} brings its own 'scheduler'; it would fight lmtune's and can drive the "
+            "learning rate to 0 (BELLE #134). Remove that section: train.lr_scheduler_type sets the schedule"
+        )
+    return name_or_path
 
 
 class GenerateConfig(Section):

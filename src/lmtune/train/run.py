@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ def train(config: RunConfig) -> TrainResult:
     output_dir = Path(config.train.output_dir)
     check_model_dir(config.model.path)
     resolve_datasets(config.data)  # missing files and unknown dataset names fail before any loading
+    if config.train.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("train.deepspeed needs the deepspeed package: pip install deepspeed (on a machine with CUDA GPUs)")
     # Under torchrun this joins the process group (gloo on CPU, NCCL on GPUs); without cpu=True
     # accelerate would not see a CPU-only launch as distributed at all.
     processes = PartialState(cpu=not torch.cuda.is_available())
