@@ -155,6 +155,28 @@ def export(
     console.print(f"merged model written to {out}; try: lmtune chat --model {out}")
 
 
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Grow a tokenizer (and its model's embeddings) from a corpus.")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("extend")
+def tokenizer_extend(
+    base: str = typer.Option(..., "--base", help="Model folder whose tokenizer and embeddings grow."),
+    corpus: list[str] = typer.Option(..., "--corpus", help="Text or data files (repeatable)."),
+    add: int = typer.Option(..., "--add", help="How many new tokens to add."),
+    out: Path = typer.Option(..., "--out", help="Folder for the extended model and tokenizer."),
+):
+    """Add the corpus's most frequent missing tokens; new embeddings start at the mean of the old."""
+    from lmtune.model.vocab import extend_vocabulary
+
+    result = extend_vocabulary(base, corpus, add, out)
+    saved = 1 - result.tokens_after / result.tokens_before
+    console.print(
+        f"added {len(result.added)} tokens (e.g. {', '.join(result.added[:8])}); the corpus takes "
+        f"{result.tokens_after:,} tokens instead of {result.tokens_before:,} ({saved:.0%} fewer). Saved to {out}"
+    )
+
+
 templates_app = typer.Typer(help="List the prompt templates, or show one rendered with its trained spans.")
 app.add_typer(templates_app, name="templates")
 
