@@ -19,3 +19,15 @@ def test_extension_shortens_a_chinese_corpus_and_grows_the_embeddings(tmp_path, 
     text = "北京是中国的首都。 Hello world"
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
     assert torch.isfinite(model(torch.tensor([tokenizer.encode(text)])).logits).all()
+
+
+def test_nothing_is_written_when_no_token_helps(tmp_path, llama_dir):
+    import pytest
+
+    from lmtune.errors import LmtuneError
+
+    corpus = tmp_path / "en.txt"
+    corpus.write_text("The capital of France is Paris.\n\nTwo plus two is four.", encoding="utf-8")
+    with pytest.raises(LmtuneError, match="no new token makes this corpus shorter"):
+        extend_vocabulary(str(llama_dir), [str(corpus)], add=10, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ rows start at the mean of the old ones, a neutral point that training then moves
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,12 @@ class Extension:
 
 def extend_vocabulary(base: str, corpus: list[str], add: int, out: Path) -> Extension:
     texts = corpus_texts(corpus)
-    tokenizer, model = load_tokenizer(base), load_model(base, "float32")
+    tokenizer = load_tokenizer(base)
     before = count_tokens(tokenizer, texts)
-    added = new_tokens(tokenizer, texts, add)
+    added = helpful_tokens(tokenizer, texts, new_tokens(tokenizer, texts, add * 3), add)
     if not added:
-        raise LmtuneError("the corpus holds no frequent strings that the tokenizer lacks; nothing to add")
+        raise LmtuneError("no new token makes this corpus shorter: the tokenizer already covers it well; nothing written")
+    model = load_model(base, "float32")
     old_rows = model.get_input_embeddings().weight.shape[0]
     tokenizer.add_tokens(added)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -66,6 +68,23 @@ def new_tokens(tokenizer, texts: list[str], add: int) -> list[str]:
     # "other" apart. So only strings with no ASCII at all (Chinese words, say) are added.
     wanted = (t for t in dict.fromkeys(merged) if not any(c.isascii() for c in t))
     return [t for t in wanted if len(tokenizer.encode(t, add_special_tokens=False)) > 1][:add]
+
+
+def helpful_tokens(tokenizer, texts: list[str], candidates: list[str], add: int, rounds: int = 10) -> list[str]:
+    """Candidates in chunks, each kept only if the corpus gets shorter with it: an added token is
+    matched greedily and can cut across merges the tokenizer already had."""
+    sample = texts[:2000]
+    kept, best = [], count_tokens(tokenizer, sample)
+    size = max(1, len(candidates) // rounds)
+    for start in range(0, len(candidates), size):
+        trial = copy.deepcopy(tokenizer)
+        trial.add_tokens(kept + candidates[start : start + size])
+        count = count_tokens(trial, sample)
+        if count < best:
+            kept, best = kept + candidates[start : start + size], count
+        if len(kept) >= add:
+            break
+    return kept[:add]
 
 
 def _merges(learner) -> list:
