@@ -63,3 +63,27 @@ def test_zero_loss_and_fp16_overflow_are_told_apart(tmp_path):
         fp16.on_log(args, state(step), None, logs={"loss": float("inf"), "learning_rate": 1e-4})
     with pytest.raises(TrainingStopped, match="fp16 overflow: train with bf16"):
         fp16.on_log(args, state(3), None, logs={"loss": float("inf"), "learning_rate": 1e-4})
+
+
+def test_a_batch_with_every_label_masked_stops_with_advice(tokenizer):
+    from lmtune.data.encode import Collator
+    from lmtune.errors import DataError
+
+    with pytest.raises(DataError, match="a training batch has every label masked"):
+        Collator(tokenizer.pad_token_id)([{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}])
+
+
+def test_liger_needs_a_gpu(llama_dir, data_file, tmp_path):
+    from lmtune.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(ConfigError, match="train.liger: Liger's kernels are Triton GPU kernels and need a CUDA GPU"):
+        train(run_config(llama_dir, data_file, tmp_path / "out", liger=True))
+
+
+def test_gradient_checkpointing_trains_lora(llama_dir, data_file, tmp_path):
+    config = run_config(llama_dir, data_file, tmp_path / "out", gradient_checkpointing=True)
+    config.finetune.method = "lora"
+    result = train(config)  # verify_adapter: every LoRA tensor changed, so gradients flowed through checkpoints
+    assert result.final_loss > 0

@@ -161,12 +161,21 @@ class TrainConfig(BaseModel):
     deepspeed: str | None = Field(
         None, description="DeepSpeed config: zero2 | zero2_offload | zero3 | zero3_offload (shipped), or a JSON path."
     )
+    liger: bool = Field(False, description="Liger's fused kernels (GPU, `pip install liger-kernel`); same as use_liger_kernel.")
 
     def training_arguments(self) -> dict[str, Any]:
         """Keyword arguments for `transformers.TrainingArguments`."""
         args = self.model_dump(exclude={"resume"})
         ratio = args.pop("warmup_ratio")
         args.setdefault("warmup_steps", ratio)  # an explicit warmup_steps wins
+        args["use_liger_kernel"] = args.pop("liger") or args.get("use_liger_kernel", False)
+        # transformers 5 renamed gradient checkpointing; users' configs keep working under the old name.
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"), ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if old in args:
+                args.setdefault(new, args.pop(old))
+        if args.get("activation_checkpointing"):
+            # Non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings under LoRA).
+            args.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
         if args["deepspeed"]:
             args["deepspeed"] = deepspeed_config(args["deepspeed"])
         else:

@@ -221,4 +221,14 @@ class Collator:
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         self.tokens += sum(len(s["input_ids"]) for s in samples)
-        return pad_batch(samples, self.pad_id)
+        return check_some_label(pad_batch(samples, self.pad_id))
+
+
+def check_some_label(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch whose every label is -100 has no loss to learn from (and gives NaN): stop and say so."""
+    if "labels" in batch and not (batch["labels"] != IGNORE_INDEX).any():
+        raise DataError(
+            "a training batch has every label masked (-100): nothing to learn. Check data.train_on and the template "
+            "with `lmtune data encode --show`, and that cutoff_len leaves room for the answers"
+        )
+    return batch

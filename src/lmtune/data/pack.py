@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lmtune.data.encode import IGNORE_INDEX, Sample
+from lmtune.data.encode import IGNORE_INDEX, Sample, check_some_label
 from lmtune.errors import ConfigError
 
 # Models whose attention takes its positions from a 2D mask (ALiBi) cannot take a block mask.
@@ -74,7 +74,7 @@ class PackedCollator:
         out = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
         if self.block_mask:
             out["attention_mask"] = torch.stack(masks)[:, None]  # (batch, 1, length, length), additive
-        return out
+        return check_some_label(out)
 
 
 def block_causal_mask(lengths: list[int], dtype: torch.dtype) -> torch.Tensor:

@@ -52,8 +52,7 @@ def train(config: RunConfig) -> TrainResult:
     output_dir = Path(config.train.output_dir)
     check_model_dir(config.model.path)
     resolve_datasets(config.data)  # missing files and unknown dataset names fail before any loading
-    if config.train.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError("train.deepspeed needs the deepspeed package: pip install deepspeed (on a machine with CUDA GPUs)")
+    _check_engines(config)
     # Under torchrun this joins the process group (gloo on CPU, NCCL on GPUs); without cpu=True
     # accelerate would not see a CPU-only launch as distributed at all.
     processes = PartialState(cpu=not torch.cuda.is_available())
@@ -91,6 +90,17 @@ def train(config: RunConfig) -> TrainResult:
     if initial is not None:
         verify_adapter(output_dir, initial)
     return TrainResult(output_dir, data.report, outcome.training_loss, plot_loss(output_dir))
+
+
+def _check_engines(config: RunConfig) -> None:
+    """Optional engines fail here, before anything is loaded, with what to do."""
+    if config.train.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("train.deepspeed needs the deepspeed package: pip install deepspeed (on a machine with CUDA GPUs)")
+    if config.train.training_arguments()["use_liger_kernel"]:
+        if not torch.cuda.is_available():
+            raise ConfigError("train.liger: Liger's kernels are Triton GPU kernels and need a CUDA GPU; none is visible here")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError("train.liger needs the liger-kernel package: pip install liger-kernel")
 
 
 def _log_data(data: Prepared, output_dir: Path) -> None:
