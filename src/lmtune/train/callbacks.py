@@ -51,30 +51,58 @@ class MetricsFile(TrainerCallback):
 
 
 class ProgressLines(TrainerCallback):
-    """A compact line per logging step, readable in a terminal and in a CI log alike
-    (replaces the Trainer's tqdm bar, which floods non-interactive logs)."""
+    """In a terminal, a live progress bar with loss, learning rate and ETA; in a log file or CI,
+    a compact line per logging step instead (the Trainer's tqdm bar floods non-interactive logs)."""
 
-    def __init__(self, log: Callable[[str], None]):
+    def __init__(self, log: Callable[[str], None], live: bool | None = None):
+        from rich.console import Console
+
         self.log = log
+        self.console = Console(stderr=True)
+        self.live = self.console.is_terminal if live is None else live
+        self.bar = None
         self._started = time.perf_counter()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._started = time.perf_counter()
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(), console=self.console,
+            )
+            self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, status="")
+            self.bar.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar:
+            self.bar.stop()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs:
-            self.log(f"step {state.global_step}/{state.max_steps}  dev loss {logs['eval_loss']:.4f}")
+            self._say(state, f"dev loss {logs['eval_loss']:.4f}")
         if not logs or "loss" not in logs:
             return
+        grad = logs.get("grad_norm")
+        status = f"loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.2e}  grad norm {'-' if grad is None else f'{grad:.3f}'}"
+        if self.bar:
+            self.bar.update(self.task, status=status)
+        else:
+            self._say(state, f"{status}  eta {self._eta(state):.0f}s")
+
+    def _say(self, state, text: str) -> None:
+        line = f"step {state.global_step}/{state.max_steps}  {text}"
+        self.bar.console.print(line) if self.bar else self.log(line)
+
+    def _eta(self, state) -> float:
         elapsed = time.perf_counter() - self._started
         done = state.global_step / max(state.max_steps, 1)
-        eta = elapsed / done - elapsed if done else 0.0
-        grad = logs.get("grad_norm")
-        self.log(
-            f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
-            f"lr {logs.get('learning_rate', 0):.2e}  grad norm {'-' if grad is None else f'{grad:.3f}'}  "
-            f"eta {eta:.0f}s"
-        )
+        return elapsed / done - elapsed if done else 0.0
 
 
 def smoothed(values: list[float], weight: float) -> list[float]:
