@@ -51,7 +51,8 @@ def test_full_training_then_generate_answers_every_record(full_run):
     assert "中国的首都是北京。" in text  # written as UTF-8, not \u escapes
     rows = [json.loads(line) for line in text.splitlines()]
     assert [r["instruction"] for r in rows] == [r["instruction"] for r in RECORDS]  # input order, despite length sorting
-    assert all(set(r) == {"instruction", "input", "output", "prediction"} for r in rows)
+    assert all(set(r) == {"instruction", "input", "output", "prediction", "finish_reason"} for r in rows)
+    assert all(r["finish_reason"] == "stop" for r in rows)
     assert [r["prediction"] for r in rows] == [r["output"] for r in RECORDS]  # memorised, and it stopped at EOS
 
 

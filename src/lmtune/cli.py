@@ -134,6 +134,30 @@ def generate(
     console.print(f"wrote {count} predictions to {out}")
 
 
+@app.command("eval")
+def evaluate(
+    predictions: Path = typer.Option(..., "--predictions", help="JSON lines with `output` (reference) and `prediction`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
+):
+    """Score predictions against references: BLEU-4, ROUGE-1/2/L, never-stopped and looping shares."""
+    import json
+
+    from lmtune.evaluate.metrics import score_file
+
+    result = score_file(predictions)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    table = Table("metric", "value", title=str(predictions))
+    for key in ("bleu-4", "rouge-1", "rouge-2", "rouge-l"):
+        table.add_row(key, f"{result.get(key, 0):.2f}")
+    table.add_row("hit max_new_tokens", f"{100 * result['hit_max_new_tokens']:.1f}%")
+    table.add_row("repetition loop", f"{100 * result['repetition_loop']:.1f}%")
+    table.add_row("records", str(result["records"]))
+    Console().print(table)
+    console.print(f"written to {result['written_to']}")
+
+
 @app.command()
 def export(
     out: Path = typer.Option(..., "--out", help="Folder for the merged model."),
