@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmtune.templates.template import builtin_templates
 from lmtune.tiny import build_model, train_tokenizer
@@ -57,3 +60,35 @@ def write_json(path: Path, records, jsonl: bool = False) -> Path:
 @pytest.fixture
 def data_file(tmp_path) -> Path:
     return write_json(tmp_path / "train.json", RECORDS)
+
+
+def lmtune(*args, stdin=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "lmtune", *map(str, args)],
+        input=stdin, capture_output=True, text=True, encoding="utf-8", cwd=cwd, timeout=300,
+    )
+
+
+def write_config(path, **sections):
+    path.write_text(yaml.safe_dump(sections, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory, llama_dir):
+    """Full training memorises four bilingual records; session-scoped because tests of later commands reuse it."""
+    tmp = tmp_path_factory.mktemp("full")
+    data = tmp / "train.json"
+    data.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    config = write_config(
+        tmp / "run.yaml",
+        model={"path": str(llama_dir)},
+        data={"path": str(data), "template": "alpaca", "cutoff_len": 128, "cache_dir": str(tmp / "cache")},
+        finetune={"method": "full"},
+        train={"output_dir": str(tmp / "out"), "max_steps": 120, "learning_rate": 1e-2, "per_device_train_batch_size": 4},
+        generate={"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 32},
+    )
+    result = lmtune("train", config, "train.logging_steps=10")
+    assert result.returncode == 0, result.stderr
+    (tmp / "train.log").write_text(result.stderr, encoding="utf-8")
+    return tmp

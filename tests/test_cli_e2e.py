@@ -1,45 +1,10 @@
 """The real entry point, as a user runs it: `python -m lmtune ...` in a subprocess."""
 
 import json
-import subprocess
-import sys
 
-import pytest
 import yaml
 
-from conftest import RECORDS
-
-
-def lmtune(*args, stdin=None, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "lmtune", *map(str, args)],
-        input=stdin, capture_output=True, text=True, encoding="utf-8", cwd=cwd, timeout=300,
-    )
-
-
-def write_config(path, **sections):
-    path.write_text(yaml.safe_dump(sections, allow_unicode=True), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, llama_dir):
-    """Full training memorises four bilingual records; module-scoped because later tests reuse it."""
-    tmp = tmp_path_factory.mktemp("full")
-    data = tmp / "train.json"
-    data.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
-    config = write_config(
-        tmp / "run.yaml",
-        model={"path": str(llama_dir)},
-        data={"path": str(data), "template": "alpaca", "cutoff_len": 128, "cache_dir": str(tmp / "cache")},
-        finetune={"method": "full"},
-        train={"output_dir": str(tmp / "out"), "max_steps": 120, "learning_rate": 1e-2, "per_device_train_batch_size": 4},
-        generate={"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 32},
-    )
-    result = lmtune("train", config, "train.logging_steps=10")
-    assert result.returncode == 0, result.stderr
-    (tmp / "train.log").write_text(result.stderr, encoding="utf-8")
-    return tmp
+from conftest import RECORDS, lmtune
 
 
 def test_full_training_then_generate_answers_every_record(full_run):
@@ -63,7 +28,8 @@ def test_training_writes_everything_later_commands_need(full_run):
     assert (out / "model.safetensors").stat().st_size > 0 and (out / "tokenizer.json").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(10, 121, 10))
-    assert set(rows[0]) == {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second"}
+    assert set(rows[0]) == {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "padding_share"}
+    assert 0 <= rows[0]["padding_share"] < 1
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[0]["tokens_per_second"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = (full_run / "train.log").read_text(encoding="utf-8")

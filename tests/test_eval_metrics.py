@@ -48,4 +48,4 @@ def test_eval_predictions_cli_writes_json_beside_the_file(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"output": "a"}\n', encoding="utf-8")
     failed = subprocess.run([sys.executable, "-m", "lmtune", "eval", "--predictions", str(bad)], capture_output=True, text=True)
-    assert failed.returncode == 2 and "bad.jsonl:1: needs string fields 'output' (the reference) and 'prediction'" in failed.stderr
+    assert failed.returncode == 2 and "bad.jsonl:1: needs string fields 'prediction' and 'output' or 'reference'" in failed.stderr

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lmtune.cli_data import data_app
+from lmtune.cli_infer import ADAPTER, MODEL, chat, eval_app, generate
 from lmtune.errors import LmtuneError
 
 app = typer.Typer(
@@ -55,107 +56,9 @@ def train(
     console.print(f"outputs in {result.output_dir} (loss curve: {curve})")
 
 
-def _engine_options(model, adapter, template, max_new_tokens, temperature, repetition_penalty, batch_size=None):
-    from lmtune.config import GenerateConfig, load_run_config
-    from lmtune.infer.engine import load_engine
-
-    run = load_run_config(adapter or model) if (adapter or model) else None
-    settings = (run.generate if run else GenerateConfig()).model_copy()
-    for name, value in dict(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        repetition_penalty=repetition_penalty,
-        batch_size=batch_size,
-    ).items():
-        if value is not None:
-            setattr(settings, name, value)
-    return load_engine(model, adapter, template, settings)
-
-
-MODEL = typer.Option(None, "--model", help="Base model folder (default: the one the adapter was trained on).")
-ADAPTER = typer.Option(None, "--adapter", help="Adapter folder written by `lmtune train`.")
-TEMPLATE = typer.Option(None, "--template", help="Prompt template (default: the one used in training).")
-MAX_NEW = typer.Option(None, "--max-new-tokens", help="Most tokens per answer.")
-TEMPERATURE = typer.Option(None, "--temperature", help="0 = greedy decoding.")
-REPETITION = typer.Option(None, "--repetition-penalty", help="1.0 = no penalty.")
-
-
-@app.command()
-def chat(
-    model: Optional[str] = MODEL,
-    adapter: Optional[str] = ADAPTER,
-    template: Optional[str] = TEMPLATE,
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
-    max_new_tokens: Optional[int] = MAX_NEW,
-    temperature: Optional[float] = TEMPERATURE,
-    repetition_penalty: Optional[float] = REPETITION,
-):
-    """Talk to a model in the terminal; answers stream as they are generated."""
-    from lmtune.infer.chat import chat_loop
-
-    if not (model or adapter):
-        raise LmtuneError("pass --model DIR, --adapter DIR, or both")
-    engine = _engine_options(model, adapter, template, max_new_tokens, temperature, repetition_penalty)
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    chat_loop(engine, input, write, system)
-
-
-@app.command()
-def generate(
-    data: Path = typer.Option(..., "--data", help="Records to answer (alpaca .json/.jsonl)."),
-    out: Path = typer.Option(..., "--out", help="Output .jsonl: every input field plus `prediction`."),
-    model: Optional[str] = MODEL,
-    adapter: Optional[str] = ADAPTER,
-    template: Optional[str] = TEMPLATE,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Records per batch."),
-    max_new_tokens: Optional[int] = MAX_NEW,
-    temperature: Optional[float] = TEMPERATURE,
-    repetition_penalty: Optional[float] = REPETITION,
-):
-    """Answer every record of a data file in batches."""
-    from rich.progress import Progress
-
-    from lmtune.data.readers import read_records
-    from lmtune.infer.generate import generate_file
-
-    if not (model or adapter):
-        raise LmtuneError("pass --model DIR, --adapter DIR, or both")
-    total = sum(1 for _ in read_records(data))
-    engine = _engine_options(
-        model, adapter, template, max_new_tokens, temperature, repetition_penalty, batch_size
-    )
-    with Progress(console=console) as progress:
-        task = progress.add_task("generating", total=total)
-        count = generate_file(engine, data, out, engine.settings.batch_size, lambda n: progress.advance(task, n))
-    console.print(f"wrote {count} predictions to {out}")
-
-
-@app.command("eval")
-def evaluate(
-    predictions: Path = typer.Option(..., "--predictions", help="JSON lines with `output` (reference) and `prediction`."),
-    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
-):
-    """Score predictions against references: BLEU-4, ROUGE-1/2/L, never-stopped and looping shares."""
-    import json
-
-    from lmtune.evaluate.metrics import score_file
-
-    result = score_file(predictions)
-    if as_json:
-        print(json.dumps(result, ensure_ascii=False))
-        return
-    table = Table("metric", "value", title=str(predictions))
-    for key in ("bleu-4", "rouge-1", "rouge-2", "rouge-l"):
-        table.add_row(key, f"{result.get(key, 0):.2f}")
-    table.add_row("hit max_new_tokens", f"{100 * result['hit_max_new_tokens']:.1f}%")
-    table.add_row("repetition loop", f"{100 * result['repetition_loop']:.1f}%")
-    table.add_row("records", str(result["records"]))
-    Console().print(table)
-    console.print(f"written to {result['written_to']}")
+app.command()(chat)
+app.command()(generate)
+app.add_typer(eval_app, name="eval")
 
 
 @app.command()

@@ -210,6 +210,9 @@ class GenerateConfig(Section):
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int = Field(50, ge=0, description="Sample among the k most likely tokens (0 = no limit).")
     repetition_penalty: float = Field(1.1, gt=0, description="Penalty on tokens already generated (1 = none).")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Never repeat an n-gram of this many tokens (0 = off).")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings, besides EOS and the template's own.")
+    seed: int | None = Field(None, description="Seed for sampling, so a sampled answer can be reproduced.")
     batch_size: int = Field(8, gt=0, description="Records per batch in `lmtune generate`.")
 
 

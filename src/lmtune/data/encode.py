@@ -218,10 +218,13 @@ class Collator:
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
         self.tokens = 0  # real (non-padding) tokens collated so far, for tokens/s
+        self.slots = 0  # every position collated, padding included: 1 - tokens/slots is the padding share
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         self.tokens += sum(len(s["input_ids"]) for s in samples)
-        return check_some_label(pad_batch(samples, self.pad_id))
+        batch = pad_batch(samples, self.pad_id)
+        self.slots += batch["input_ids"].numel()
+        return check_some_label(batch)
 
 
 def check_some_label(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

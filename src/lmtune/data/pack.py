@@ -58,6 +58,7 @@ class PackedCollator:
     def __init__(self, pad_id: int, block_mask: bool = True, dtype: torch.dtype = torch.float32):
         self.pad_id, self.block_mask, self.dtype = pad_id, block_mask, dtype
         self.tokens = 0  # real (non-padding) tokens collated so far, for tokens/s
+        self.slots = 0  # every position collated, padding included
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
@@ -72,6 +73,7 @@ class PackedCollator:
             batch["position_ids"].append([p for n in lengths for p in range(n)])
             masks.append(block_causal_mask(lengths, self.dtype))
         out = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        self.slots += out["input_ids"].numel()
         if self.block_mask:
             out["attention_mask"] = torch.stack(masks)[:, None]  # (batch, 1, length, length), additive
         return check_some_label(out)

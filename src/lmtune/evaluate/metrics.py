@@ -99,17 +99,25 @@ def has_loop(text: str, n: int = 3, repeats: int = 3) -> bool:
     return any(count >= repeats for count in ngrams(words, n).values())
 
 
+def reference(row: dict) -> str | None:
+    """The answer a prediction is scored against: `reference` (written by generate for formats
+    other than alpaca), else alpaca's `output`."""
+    value = row.get("reference", row.get("output"))
+    return value if isinstance(value, str) else None
+
+
+def record_scores(prediction: str, expected: str) -> dict[str, float]:
+    return {
+        "bleu-4": bleu4(prediction, expected),
+        "rouge-1": rouge_n(prediction, expected, 1),
+        "rouge-2": rouge_n(prediction, expected, 2),
+        "rouge-l": rouge_l(prediction, expected),
+    }
+
+
 def score(rows: list[dict]) -> dict:
-    """Mean metrics over {output, prediction[, finish_reason]} rows, plus the two bad-case shares."""
-    per_row = [
-        {
-            "bleu-4": bleu4(r["prediction"], r["output"]),
-            "rouge-1": rouge_n(r["prediction"], r["output"], 1),
-            "rouge-2": rouge_n(r["prediction"], r["output"], 2),
-            "rouge-l": rouge_l(r["prediction"], r["output"]),
-        }
-        for r in rows
-    ]
+    """Mean metrics over prediction rows (see `reference`), plus the two bad-case shares."""
+    per_row = [record_scores(r["prediction"], reference(r)) for r in rows]
     summary = {key: sum(m[key] for m in per_row) / len(per_row) for key in per_row[0]} if per_row else {}
     summary["hit_max_new_tokens"] = sum(r.get("finish_reason") == "length" for r in rows) / max(len(rows), 1)
     summary["repetition_loop"] = sum(has_loop(r["prediction"]) for r in rows) / max(len(rows), 1)
@@ -128,9 +136,11 @@ def score_file(path) -> dict:
 
     rows = []
     for line, record in read_records(path):
-        missing = [key for key in ("output", "prediction") if not isinstance(record.get(key), str)]
-        if missing:
-            raise DataError(f"{path}:{line}: needs string fields 'output' (the reference) and 'prediction'; missing {missing}")
+        if not isinstance(record.get("prediction"), str) or reference(record) is None:
+            raise DataError(
+                f"{path}:{line}: needs string fields 'prediction' and 'output' or 'reference' (the expected answer); "
+                "score a file written by `lmtune generate` from data with answers"
+            )
         rows.append(record)
     result = score(rows)
     out = Path(path).with_suffix(".metrics.json")

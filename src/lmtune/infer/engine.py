@@ -1,8 +1,8 @@
-"""The one generation engine behind chat and generate.
+"""The one generation engine behind chat, generate and eval.
 
 Prompts come from the training encoder (same template, same tokenization), generation stops
-at EOS or the template's stop strings, and streamed text never splits a UTF-8 character or
-shows the beginning of a stop string.
+at EOS, the template's stop strings or the user's, and streamed text never splits a UTF-8
+character or shows the beginning of a stop string.
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ class Engine:
         self.settings = settings
         self.encoder = Encoder(tokenizer, template, cutoff_len=2**31)  # prompts are never cut here
         self.stop_ids = end_token_ids(tokenizer, template)
+        self.stops = tuple(dict.fromkeys(s for s in (*template.stop, *settings.stop) if s))
 
     # ------------------------------------------------------------ public
 
     def chat(self, conv: Conversation, on_text: Callable[[str], None] | None = None) -> Reply:
         """Answer the conversation's last user turn, streaming text pieces to on_text."""
-        stream = _Stream(self.tokenizer, self.template.stop, on_text or (lambda _: None))
+        stream = _Stream(self.tokenizer, self.stops, on_text or (lambda _: None))
         ids = torch.tensor([self.encoder.prompt_ids(conv)], device=self.model.device)
         output = self._generate(ids, torch.ones_like(ids), streamer=stream)
         return self._reply(output[0, ids.shape[1] :])
@@ -64,7 +65,9 @@ class Engine:
     # ------------------------------------------------------------ internals
 
     def _generate(self, ids: torch.Tensor, mask: torch.Tensor, streamer=None) -> torch.Tensor:
-        stops = StoppingCriteriaList([_StopStrings(self.tokenizer, self.template.stop, ids.shape[1])])
+        stops = StoppingCriteriaList([_StopStrings(self.tokenizer, self.stops, ids.shape[1])])
+        if self.settings.seed is not None:
+            torch.manual_seed(self.settings.seed)  # each call starts from the seed: a sampled answer can be redone
         with torch.inference_mode():
             return self.model.generate(
                 input_ids=ids,
@@ -81,6 +84,7 @@ class Engine:
         config = GenerationConfig(
             max_new_tokens=s.max_new_tokens,
             repetition_penalty=s.repetition_penalty,
+            no_repeat_ngram_size=s.no_repeat_ngram_size,
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             do_sample=s.temperature > 0,
@@ -97,7 +101,7 @@ class Engine:
             ids = ids[:end]
         while ids and ids[-1] == self.tokenizer.pad_token_id:  # rows that finished early are filled with pad
             ids.pop()
-        text, hit_stop = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), self.template.stop)
+        text, hit_stop = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), self.stops)
         reason = "stop" if ended_on_eos or hit_stop else "length"
         return Reply(text.rstrip("\ufffd").strip(), reason, len(ids) + ended_on_eos)
 

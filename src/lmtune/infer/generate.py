@@ -1,43 +1,151 @@
-"""`lmtune generate`: answer every record of a data file in batches, one JSON line per record."""
+"""`lmtune generate`: answer every record of a data file in batches, one JSON line per record.
+
+Records are sorted by prompt length so that a batch wastes little on padding, and each finished
+batch is appended to the output at once: a run that is stopped loses at most one batch, and
+running the same command again answers only the records that have no prediction yet. When all
+are answered the file is rewritten in input order.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from lmtune.data.convert import TARGETS, from_conversation
 from lmtune.data.readers import read_conversations
-from lmtune.errors import DataError
+from lmtune.data.records import ASSISTANT, Conversation, Turn
+from lmtune.errors import DataError, RecordError
 from lmtune.infer.engine import Engine
+
+ADDED = ("prediction", "finish_reason", "reference")  # the fields generate adds to each record
+DATASET_FORMATS = TARGETS  # alpaca, sharegpt, messages
+
+
+@dataclass
+class Item:
+    prompt: Conversation
+    record: dict
+    reference: str | None
+
+
+@dataclass
+class Generated:
+    records: int  # in the input
+    answered: int  # by this run; the others were already in the output file
+    rows: list[dict]  # the output, in input order
+
+
+def read_items(data: str | Path) -> list[Item]:
+    return [to_item(conv, record) for conv, record in read_conversations(data, prompt_only=True)]
+
+
+def to_item(conv: Conversation, record: dict | None = None) -> Item:
+    """The question part of a conversation, with its last answer as the reference. Without an
+    original record (a dev split), the conversation itself is written out as alpaca or sharegpt."""
+    prompt, reference = conv.without_last_answer()
+    if not prompt.turns:
+        raise DataError(f"{conv.source}: record has no question to answer")
+    if record is None:
+        try:
+            record = from_conversation(conv, "alpaca")
+        except RecordError:
+            record = from_conversation(conv, "sharegpt")
+    return Item(prompt, record, reference)
 
 
 def generate_file(
     engine: Engine,
-    data: str | Path,
+    items: list[Item],
     out: str | Path,
     batch_size: int,
     progress: Callable[[int], None] = lambda n: None,
-) -> int:
-    """Writes each input record plus `prediction` and `finish_reason` (stop | length), in input
-    order; returns the record count."""
-    items = []
-    for conv, record in read_conversations(data, prompt_only=True):
-        prompt, _reference = conv.without_last_answer()
-        if not prompt.turns:
-            raise DataError(f"{conv.source}: record has no question to answer")
-        items.append((prompt, record))
-    # Similar lengths in one batch waste less compute on padding.
-    order = sorted(range(len(items)), key=lambda i: len(engine.encoder.prompt_ids(items[i][0])), reverse=True)
-    predictions: dict[int, tuple[str, str]] = {}
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        for index, reply in zip(batch, engine.generate([items[i][0] for i in batch])):
-            predictions[index] = (reply.text, reply.finish_reason)
-        progress(len(batch))
+) -> Generated:
+    """Writes each input record plus `prediction` and `finish_reason` (stop | length), and
+    `reference` (the record's last answer) when the record has no alpaca `output` field."""
     out = Path(out)
+    done = _earlier_answers(out, items)
+    todo = [i for i in range(len(items)) if i not in done]
+    progress(len(items) - len(todo))
+    todo.sort(key=lambda i: len(engine.encoder.prompt_ids(items[i].prompt)), reverse=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for index, (_, record) in enumerate(items):
-            text, reason = predictions[index]
-            f.write(json.dumps({**record, "prediction": text, "finish_reason": reason}, ensure_ascii=False) + "\n")
-    return len(items)
+    with out.open("a", encoding="utf-8") as f:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            for index, reply in zip(batch, engine.generate([items[i].prompt for i in batch])):
+                done[index] = _row(items[index], reply.text, reply.finish_reason)
+                f.write(json.dumps(done[index], ensure_ascii=False) + "\n")
+            f.flush()
+            progress(len(batch))
+    rows = [done[i] for i in range(len(items))]
+    _write_jsonl(out, rows)  # input order, and no half-written line from an interrupted run
+    return Generated(len(items), len(todo), rows)
+
+
+def _row(item: Item, prediction: str, reason: str) -> dict:
+    row = {**item.record, "prediction": prediction, "finish_reason": reason}
+    if not isinstance(item.record.get("output"), str) and item.reference is not None:
+        row["reference"] = item.reference
+    return row
+
+
+def _key(record: dict) -> str:
+    return json.dumps({k: v for k, v in record.items() if k not in ADDED}, sort_keys=True, ensure_ascii=False)
+
+
+def _earlier_answers(out: Path, items: list[Item]) -> dict[int, dict]:
+    """Rows of an earlier run of the same command, by the index of the record they answer."""
+    if not out.is_file():
+        return {}
+    earlier: dict[str, list[dict]] = {}
+    for number, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the last line of a run killed while writing: that record is answered again
+        if not isinstance(row, dict) or "prediction" not in row:
+            raise DataError(f"{out}:{number}: not a prediction row; --out must be a file written by `lmtune generate`")
+        earlier.setdefault(_key(row), []).append(row)
+    found = {}
+    for index, item in enumerate(items):
+        rows = earlier.get(_key(item.record))
+        if rows:
+            found[index] = rows.pop()
+    left = sum(map(len, earlier.values()))
+    if left:
+        raise DataError(
+            f"{out}: {left} earlier predictions answer records that are not in this data file; "
+            "choose another --out, or delete the file to start over"
+        )
+    return found
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(partial, path)
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def write_dataset(items: list[Item], rows: list[dict], fmt: str, path: Path) -> Counter:
+    """The teacher's answers as a training set (sequence-level distillation). Answers that hit
+    max_new_tokens stop mid-sentence: they are left out and counted, never trained on."""
+    counts: Counter = Counter()
+    records = []
+    for item, row in zip(items, rows):
+        if row["finish_reason"] != "stop" or not row["prediction"].strip():
+            counts["left out: cut off by max_new_tokens, or empty"] += 1
+            continue
+        answered = Conversation([*item.prompt.turns, Turn(ASSISTANT, row["prediction"])], item.prompt.system)
+        try:
+            records.append(from_conversation(answered, fmt))
+        except RecordError as exc:
+            raise DataError(f"{item.prompt.source}: {exc}") from None
+        counts["written"] += 1
+    _write_jsonl(path, records)
+    return counts

@@ -14,7 +14,8 @@ LOSS_PLOT = "loss.png"
 
 
 class MetricsFile(TrainerCallback):
-    """One JSON line per logging step: step, epoch, loss, learning_rate, grad_norm, tokens_per_second."""
+    """One JSON line per logging step: step, epoch, loss, learning_rate, grad_norm, tokens_per_second
+    (real tokens, padding excluded) and padding_share (of the positions the model computed)."""
 
     def __init__(self, output_dir: Path, collator, keep_until: int = 0):
         """keep_until: a resumed run keeps the lines up to its checkpoint's step and goes on from there."""
@@ -22,19 +23,19 @@ class MetricsFile(TrainerCallback):
         self.collator = collator  # counts the real tokens it batches (HF's count breaks on packed 4D masks)
         kept = [row for row in read_metrics(output_dir) if row["step"] <= keep_until] if keep_until else []
         self.path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-        self._last = (time.perf_counter(), 0)
+        self._last = (time.perf_counter(), 0, 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._last = (time.perf_counter(), self.collator.tokens)
+        self._last = (time.perf_counter(), self.collator.tokens, self.collator.slots)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs:
             self._write({"step": state.global_step, "eval_loss": logs["eval_loss"]})
         if not logs or "loss" not in logs:
             return  # the end-of-training summary has train_loss etc., not a step
-        now, tokens = time.perf_counter(), self.collator.tokens
-        last_time, last_tokens = self._last
-        self._last = (now, tokens)
+        now, tokens, slots = time.perf_counter(), self.collator.tokens, self.collator.slots
+        last_time, last_tokens, last_slots = self._last
+        self._last = (now, tokens, slots)
         row = {
             "step": state.global_step,
             "epoch": round(state.epoch or 0.0, 4),
@@ -42,6 +43,7 @@ class MetricsFile(TrainerCallback):
             "learning_rate": logs.get("learning_rate"),
             "grad_norm": logs.get("grad_norm"),
             "tokens_per_second": round((tokens - last_tokens) / max(now - last_time, 1e-9), 1),
+            "padding_share": round(1 - (tokens - last_tokens) / max(slots - last_slots, 1), 4),
         }
         self._write(row)
 

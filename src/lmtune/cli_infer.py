@@ -1,0 +1,246 @@
+"""`lmtune chat | generate | eval`: the commands that load a model through the one engine."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmtune.errors import LmtuneError
+
+console = Console(stderr=True, soft_wrap=True)
+
+MODEL = typer.Option(None, "--model", help="Base model folder (default: the one the adapter was trained on).")
+ADAPTER = typer.Option(None, "--adapter", help="Adapter folder written by `lmtune train`.")
+TEMPLATE = typer.Option(None, "--template", help="Prompt template (default: the one used in training).")
+
+# generate settings that every model command takes as flags: (type, flag, help)
+SAMPLING = {
+    "max_new_tokens": (int, "--max-new-tokens", "Most tokens per answer."),
+    "temperature": (float, "--temperature", "0 = greedy decoding."),
+    "top_p": (float, "--top-p", "Nucleus sampling mass."),
+    "top_k": (int, "--top-k", "Sample among the k most likely tokens (0 = no limit)."),
+    "repetition_penalty": (float, "--repetition-penalty", "1.0 = no penalty."),
+    "no_repeat_ngram_size": (int, "--no-repeat-ngram-size", "Never repeat an n-gram of this many tokens."),
+    "seed": (int, "--seed", "Seed for sampling, to reproduce an answer."),
+    "stop": (List[str], "--stop", "Extra stop string (repeatable)."),
+    "batch_size": (int, "--batch-size", "Records per batch."),
+}
+
+
+def sampling_options(command):
+    """Adds the SAMPLING flags to a command; it receives the ones given as `sampling={name: value}`."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        given = {name: kwargs.pop(name) for name in SAMPLING}
+        return command(*args, sampling={k: v for k, v in given.items() if v not in (None, [])}, **kwargs)
+
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "sampling"]
+    flags = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, flag, help=text), annotation=Optional[kind])
+        for name, (kind, flag, text) in SAMPLING.items()
+    ]
+    wrapper.__signature__ = inspect.Signature(own + flags)
+    return wrapper
+
+
+def load(model: str | None, adapter: str | None, template: str | None, sampling: dict, defaults: dict | None = None):
+    """The engine, with the run's generate settings under the command-line ones."""
+    from lmtune.config import GenerateConfig, load_run_config
+    from lmtune.infer.engine import load_engine
+
+    if not (model or adapter):
+        raise LmtuneError("pass --model DIR, --adapter DIR, or both")
+    run = load_run_config(adapter or model)
+    settings = (run.generate if run else GenerateConfig()).model_dump()
+    try:
+        settings = GenerateConfig.model_validate({**settings, **(defaults or {}), **sampling})
+    except ValueError as exc:
+        raise LmtuneError(" ".join(str(exc).split())) from None
+    return load_engine(model, adapter, template, settings)
+
+
+@sampling_options
+def chat(
+    model: Optional[str] = MODEL,
+    adapter: Optional[str] = ADAPTER,
+    template: Optional[str] = TEMPLATE,
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    sampling: dict = None,
+):
+    """Talk to a model in the terminal; answers stream as they are generated."""
+    from lmtune.infer.chat import chat_loop
+
+    engine = load(model, adapter, template, sampling)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat_loop(engine, input, write, system)
+
+
+@sampling_options
+def generate(
+    data: Path = typer.Option(..., "--data", help="Records to answer (any supported data format)."),
+    out: Path = typer.Option(..., "--out", help="Output .jsonl: every input field plus `prediction`; re-running resumes."),
+    model: Optional[str] = MODEL,
+    adapter: Optional[str] = ADAPTER,
+    template: Optional[str] = TEMPLATE,
+    as_dataset: Optional[str] = typer.Option(
+        None, "--as-dataset", help="Also write the answers as a training set (alpaca | sharegpt | messages): distillation."
+    ),
+    sampling: dict = None,
+):
+    """Answer every record of a data file in batches; re-running skips records already answered."""
+    from rich.progress import Progress
+
+    from lmtune.infer.generate import DATASET_FORMATS, generate_file, read_items, write_dataset
+
+    if as_dataset and as_dataset not in DATASET_FORMATS:
+        raise LmtuneError(f"--as-dataset {as_dataset}: choose one of {', '.join(DATASET_FORMATS)}")
+    items = read_items(data)
+    engine = load(model, adapter, template, sampling)
+    with Progress(console=console) as progress:
+        task = progress.add_task("generating", total=len(items))
+        result = generate_file(engine, items, out, engine.settings.batch_size, lambda n: progress.advance(task, n))
+    earlier = result.records - result.answered
+    console.print(f"wrote {result.records} predictions to {out}" + (f" ({earlier} from an earlier run)" if earlier else ""))
+    if as_dataset:
+        path = out.with_name(f"{out.stem}.{as_dataset}.jsonl")
+        counts = write_dataset(items, result.rows, as_dataset, path)
+        console.print(f"training set ({as_dataset}) in {path}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+
+
+# ---------------------------------------------------------------- eval
+
+eval_app = typer.Typer(help="Evaluate a model (dev loss, BLEU/ROUGE, multiple choice), score predictions, or compare two.")
+
+
+@eval_app.callback(invoke_without_command=True)
+@sampling_options
+def evaluate(
+    ctx: typer.Context,
+    model: Optional[str] = MODEL,
+    adapter: Optional[str] = ADAPTER,
+    template: Optional[str] = TEMPLATE,
+    data: Optional[Path] = typer.Option(None, "--data", help="Dev set with answers (default: the run's data.val_size split)."),
+    choice: Optional[Path] = typer.Option(None, "--choice", help="Multiple-choice CSV file or folder (C-Eval, CMMLU, MMLU layout)."),
+    shots: int = typer.Option(0, "--shots", help="Few-shot examples per multiple-choice question, from the subject's dev file."),
+    with_base: bool = typer.Option(False, "--with-base", help="Also evaluate the model this one was trained from, side by side."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and predictions (default: MODEL_OR_ADAPTER/eval)."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Only score this prediction file (no model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+    sampling: dict = None,
+):
+    """Evaluate a model and, with --with-base, the model it was trained from, in one table."""
+    if ctx.invoked_subcommand:
+        return
+    if predictions:
+        return _score_predictions(predictions, as_json)
+    from lmtune.evaluate.suite import base_of, evaluate as run_suite, write_results
+
+    suite, run = _suite(model, adapter, data, choice, shots, sampling)
+    engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0})  # greedy: scores that can be redone
+    out = out or Path(adapter or model) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    if with_base:
+        if run is None:
+            raise LmtuneError("--with-base: the model folder has no run.yaml naming the model it was trained from")
+        with base_of(engine, run.model.path) as base:
+            results["base"] = run_suite(base, suite, out, "base", console.print)
+    results["fine-tune" if with_base else "model"] = run_suite(engine, suite, out, "fine-tune" if with_base else "model", console.print)
+    written = write_results(out, results)
+    if with_base and suite.dev:
+        from lmtune.evaluate.report import write_comparison
+
+        write_comparison(out / "base_predictions.jsonl", out / "fine-tune_predictions.jsonl", out / "compare.html", ("base", "fine-tune"))
+    if as_json:
+        print(json.dumps(results, ensure_ascii=False))
+    else:
+        _print_table(results)
+    console.print(f"results in {written}" + (f"; answers side by side in {out / 'compare.html'}" if with_base and suite.dev else ""))
+
+
+def _suite(model, adapter, data, choice, shots, sampling):
+    from lmtune.config import load_run_config
+    from lmtune.data.load import load_data
+    from lmtune.data.readers import read_conversations
+    from lmtune.evaluate.suite import DevSet, Suite
+    from lmtune.infer.generate import to_item
+    from lmtune.model.load import load_tokenizer
+
+    run = load_run_config(adapter or model) if (adapter or model) else None
+    dev = None
+    if data:
+        pairs = list(read_conversations(data))
+        dev = DevSet([c for c, _ in pairs], [to_item(c, r) for c, r in pairs], str(data))
+    elif run and run.data.val_size and not choice:
+        tokenizer = load_tokenizer(adapter or run.model.path)
+        held_out = load_data(run.data, tokenizer, run.train.seed).dev  # the same seeded split training held out
+        dev = DevSet(held_out, [to_item(c) for c in held_out], "the run's dev split")
+    elif not choice:
+        raise LmtuneError("nothing to evaluate: pass --data DEV_FILE and/or --choice CSV_OR_FOLDER (the run has no data.val_size dev split)")
+    questions = None
+    if choice:
+        from lmtune.evaluate.choice import read_questions
+
+        questions = read_questions(choice)
+    cutoff, train_on = (run.data.cutoff_len, run.data.train_on) if run else (4096, "all_assistant")
+    batch = sampling.get("batch_size") or (run.generate.batch_size if run else 8)
+    return Suite(dev, questions, shots, batch, cutoff, train_on), run
+
+
+def _print_table(results: dict) -> None:
+    from lmtune.evaluate.suite import table_rows
+
+    names = list(results)
+    table = Table("metric", *names, *(["change"] if len(names) == 2 else []))
+    for metric, values, higher in table_rows(results):
+        cells = ["–" if v is None else f"{v:.2f}" for v in values]
+        if len(values) == 2 and None not in values:
+            change = values[1] - values[0]
+            better = change > 0 if higher else change < 0
+            colour = "green" if better else "red" if change else "white"
+            cells.append(f"[{colour}]{change:+.2f}[/]")
+        elif len(names) == 2:
+            cells.append("")
+        table.add_row(metric, *cells)
+    Console().print(table)
+
+
+def _score_predictions(predictions: Path, as_json: bool) -> None:
+    from lmtune.evaluate.metrics import score_file
+
+    result = score_file(predictions)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    _print_table({str(predictions): {"generation": result}})
+    console.print(f"written to {result['written_to']}")
+
+
+@eval_app.command("compare")
+def compare(
+    pred_a: Path = typer.Argument(..., help="Predictions of the first model (from `lmtune generate`)."),
+    pred_b: Path = typer.Argument(..., help="Predictions of the second model, for the same data file."),
+    out: Path = typer.Option(Path("compare.html"), "--out", help="HTML report to write."),
+    names: str = typer.Option("A,B", "--names", help="Two names for the columns, comma-separated."),
+):
+    """An HTML report with both models' answers side by side, the reference and per-record metrics."""
+    from lmtune.evaluate.report import write_comparison
+
+    pair = tuple(n.strip() for n in names.split(","))
+    if len(pair) != 2 or not all(pair):
+        raise LmtuneError(f"--names {names!r}: give two names separated by a comma, e.g. base,lora")
+    summary = write_comparison(pred_a, pred_b, out, pair)
+    console.print(f"{summary['records']} records compared; report in {out}")

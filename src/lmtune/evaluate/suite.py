@@ -1,0 +1,141 @@
+"""`lmtune eval` with a model: dev loss and perplexity, generation metrics against the dev set's
+answers, and multiple-choice accuracy; for a fine-tune and, in the same table, for the model it
+was trained from.
+
+Dev loss uses the training encoder (template, train_on, cutoff_len), so it is the number the
+training log's eval_loss means. Perplexity is exp of the mean loss per answer token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmtune.data.encode import IGNORE_INDEX, Encoder, pad_batch
+from lmtune.data.records import Conversation
+from lmtune.evaluate.metrics import score
+from lmtune.infer.engine import Engine
+from lmtune.infer.generate import Item, generate_file
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class DevSet:
+    convs: list[Conversation]  # whole conversations, for the loss
+    items: list[Item]  # their questions and reference answers, for generation
+    name: str  # where it came from, for the report
+
+
+@dataclass
+class Suite:
+    dev: DevSet | None
+    choice: dict | None  # subject -> questions (lmtune.evaluate.choice.read_questions)
+    shots: int
+    batch_size: int
+    cutoff_len: int
+    train_on: str
+
+
+def evaluate(engine: Engine, suite: Suite, out_dir: Path, label: str, say: Callable[[str], None] = lambda s: None) -> dict:
+    """Every part of the suite on one model; predictions go to OUT_DIR/LABEL_predictions.jsonl."""
+    result: dict = {}
+    if suite.dev:
+        say(f"{label}: dev loss on {len(suite.dev.convs)} conversations")
+        result["dev"] = dev_loss(engine, suite.dev.convs, suite.cutoff_len, suite.train_on, suite.batch_size)
+        predictions = out_dir / f"{label}_predictions.jsonl"
+        predictions.unlink(missing_ok=True)  # an evaluation answers afresh; never reuse another model's answers
+        say(f"{label}: answering {len(suite.dev.items)} dev questions")
+        generated = generate_file(engine, suite.dev.items, predictions, suite.batch_size)
+        result["generation"] = {**score(generated.rows), "predictions": str(predictions)}
+    if suite.choice:
+        from lmtune.evaluate.choice import score_choices
+
+        say(f"{label}: {sum(map(len, suite.choice.values()))} multiple-choice questions, {suite.shots}-shot")
+        result["choice"] = score_choices(engine, suite.choice, shots=suite.shots, batch_size=suite.batch_size)
+    return result
+
+
+def dev_loss(engine: Engine, convs: list[Conversation], cutoff_len: int, train_on: str, batch_size: int) -> dict:
+    """Mean cross-entropy per trained token, summed over the whole set (not averaged per batch)."""
+    encoder = Encoder(engine.tokenizer, engine.template, cutoff_len, train_on)
+    samples = sorted(encoder.encode_many(convs), key=lambda s: len(s.input_ids))
+    model, total, tokens = engine.model, 0.0, 0
+    for start in range(0, len(samples), batch_size):
+        rows = [{"input_ids": s.input_ids, "labels": s.labels} for s in samples[start : start + batch_size]]
+        batch = {k: v.to(model.device) for k, v in pad_batch(rows, engine.tokenizer.pad_token_id).items()}
+        with torch.inference_mode():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, -batch["input_ids"].shape[1] :].float()  # prompt tuning prepends virtual tokens
+        labels = batch["labels"][:, 1:]
+        total += F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").item()
+        tokens += int((labels != IGNORE_INDEX).sum())
+    mean = total / max(tokens, 1)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 700)), "tokens": tokens}
+
+
+@contextmanager
+def base_of(engine: Engine, base_path: str | None) -> Iterator[Engine]:
+    """The model a fine-tune started from, prompted the same way: the adapter switched off, or
+    (for a full fine-tune) the base weights loaded beside it."""
+    if hasattr(engine.model, "disable_adapter"):
+        with engine.model.disable_adapter():
+            yield engine
+        return
+    from lmtune.model.load import align_special_tokens, load_model
+
+    model = load_model(base_path, "auto")
+    align_special_tokens(model, engine.tokenizer)
+    yield Engine(model, engine.tokenizer, engine.template, engine.settings)
+
+
+def write_results(out_dir: Path, results: dict) -> Path:
+    path = out_dir / RESULTS_FILE
+    path.write_text(json.dumps(results, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- the table
+
+# (name, where in a result, higher is better)
+METRICS = [
+    ("dev loss", ("dev", "loss"), False),
+    ("perplexity", ("dev", "perplexity"), False),
+    ("BLEU-4", ("generation", "bleu-4"), True),
+    ("ROUGE-1", ("generation", "rouge-1"), True),
+    ("ROUGE-2", ("generation", "rouge-2"), True),
+    ("ROUGE-L", ("generation", "rouge-l"), True),
+    ("hit max_new_tokens %", ("generation", "hit_max_new_tokens"), False),
+    ("repetition loop %", ("generation", "repetition_loop"), False),
+    ("choice accuracy %", ("choice", "overall", "accuracy"), True),
+]
+
+
+def table_rows(results: dict[str, dict]) -> list[tuple[str, list[float | None], bool]]:
+    """(metric, value per model, higher is better) for every metric some model has, per-subject
+    accuracy included."""
+    metrics = list(METRICS)
+    subjects = sorted({s for r in results.values() for s in r.get("choice", {}).get("subjects", {})})
+    metrics += [(f"  {s} %", ("choice", "subjects", s, "accuracy"), True) for s in subjects]
+    rows = []
+    for name, path, higher in metrics:
+        values = [_get(r, path) for r in results.values()]
+        if any(v is not None for v in values):
+            scale = 100 if name.endswith("%") else 1
+            rows.append((name, [None if v is None else v * scale for v in values], higher))
+    return rows
+
+
+def _get(result: dict, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result
