@@ -75,3 +75,18 @@ def test_deepspeed_without_the_package_fails_before_loading_anything(project):
     result = lmtune("train", "run.yaml", "train.deepspeed=zero3", cwd=project)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: train.deepspeed needs the deepspeed package: pip install deepspeed (on a machine with CUDA GPUs)"]
+
+
+def test_model_commands_check_their_flags_in_one_line(project, llama_dir):
+    model = ["--model", llama_dir, "--template", "alpaca"]
+    bad_setting = lmtune("generate", *model, "--data", "good.json", "--out", "p.jsonl", "--temperature", "-1", cwd=project)
+    assert bad_setting.returncode == 2 and "Traceback" not in bad_setting.stderr
+    assert "temperature" in bad_setting.stderr and "greater than or equal to 0" in bad_setting.stderr
+    bad_format = lmtune("generate", *model, "--data", "good.json", "--out", "p.jsonl", "--as-dataset", "csv", cwd=project)
+    assert bad_format.stderr.strip().splitlines() == ["error: --as-dataset csv: choose one of alpaca, sharegpt, messages"]
+    if not __import__("torch").cuda.is_available():
+        quantized = lmtune("chat", *model, "--quantize", "4", cwd=project)
+        assert quantized.returncode == 2 and "Traceback" not in quantized.stderr
+        assert "--quantize 4bit quantises the model with bitsandbytes, whose 4/8-bit kernels need a CUDA GPU" in quantized.stderr
+    compare = lmtune("eval", "compare", "good.json", "good.json", cwd=project)
+    assert compare.returncode == 2 and "good.json:1: not a prediction row" in compare.stderr

@@ -33,6 +33,7 @@ SAMPLING = {
     "stop": (List[str], "--stop", "Extra stop string (repeatable)."),
     "batch_size": (int, "--batch-size", "Records per batch."),
 }
+QUANTIZE = typer.Option(None, "--quantize", help="Load the base in 4 or 8 bits (bitsandbytes; CUDA GPU only).")
 
 
 def sampling_options(command):
@@ -52,7 +53,7 @@ def sampling_options(command):
     return wrapper
 
 
-def load(model: str | None, adapter: str | None, template: str | None, sampling: dict, defaults: dict | None = None):
+def load(model, adapter, template, sampling: dict, defaults: dict | None = None, quantize: int | None = None):
     """The engine, with the run's generate settings under the command-line ones."""
     from lmtune.config import GenerateConfig, load_run_config
     from lmtune.infer.engine import load_engine
@@ -65,7 +66,9 @@ def load(model: str | None, adapter: str | None, template: str | None, sampling:
         settings = GenerateConfig.model_validate({**settings, **(defaults or {}), **sampling})
     except ValueError as exc:
         raise LmtuneError(" ".join(str(exc).split())) from None
-    return load_engine(model, adapter, template, settings)
+    if quantize not in (None, 4, 8):
+        raise LmtuneError(f"--quantize {quantize}: choose 4 or 8 (bits)")
+    return load_engine(model, adapter, template, settings, quantize)
 
 
 @sampling_options
@@ -74,12 +77,13 @@ def chat(
     adapter: Optional[str] = ADAPTER,
     template: Optional[str] = TEMPLATE,
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    quantize: Optional[int] = QUANTIZE,
     sampling: dict = None,
 ):
     """Talk to a model in the terminal; answers stream as they are generated."""
     from lmtune.infer.chat import chat_loop
 
-    engine = load(model, adapter, template, sampling)
+    engine = load(model, adapter, template, sampling, quantize=quantize)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -98,6 +102,7 @@ def generate(
     as_dataset: Optional[str] = typer.Option(
         None, "--as-dataset", help="Also write the answers as a training set (alpaca | sharegpt | messages): distillation."
     ),
+    quantize: Optional[int] = QUANTIZE,
     sampling: dict = None,
 ):
     """Answer every record of a data file in batches; re-running skips records already answered."""
@@ -108,7 +113,7 @@ def generate(
     if as_dataset and as_dataset not in DATASET_FORMATS:
         raise LmtuneError(f"--as-dataset {as_dataset}: choose one of {', '.join(DATASET_FORMATS)}")
     items = read_items(data)
-    engine = load(model, adapter, template, sampling)
+    engine = load(model, adapter, template, sampling, quantize=quantize)
     with Progress(console=console) as progress:
         task = progress.add_task("generating", total=len(items))
         result = generate_file(engine, items, out, engine.settings.batch_size, lambda n: progress.advance(task, n))
@@ -139,6 +144,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and predictions (default: MODEL_OR_ADAPTER/eval)."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Only score this prediction file (no model)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+    quantize: Optional[int] = QUANTIZE,
     sampling: dict = None,
 ):
     """Evaluate a model and, with --with-base, the model it was trained from, in one table."""
@@ -149,7 +155,7 @@ def evaluate(
     from lmtune.evaluate.suite import base_of, evaluate as run_suite, write_results
 
     suite, run = _suite(model, adapter, data, choice, shots, sampling)
-    engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0})  # greedy: scores that can be redone
+    engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize)  # greedy: scores that can be redone
     out = out or Path(adapter or model) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     results = {}

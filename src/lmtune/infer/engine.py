@@ -16,12 +16,12 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from lmtune.config import GenerateConfig, RunConfig, load_run_config
+from lmtune.config import GenerateConfig, QuantConfig, RunConfig, load_run_config
 from lmtune.data.encode import Encoder, pad_batch
 from lmtune.data.records import Conversation
 from lmtune.errors import LmtuneError
 from lmtune.model.adapters import load_adapter
-from lmtune.model.load import align_special_tokens, load_model, load_tokenizer
+from lmtune.model.load import align_special_tokens, load_model, load_tokenizer, quantization
 from lmtune.templates.hf import template_for
 from lmtune.templates.template import TEMPLATE_FILE, Template, get_template
 
@@ -185,9 +185,11 @@ def load_engine(
     adapter: str | None = None,
     template: str | None = None,
     settings: GenerateConfig | None = None,
+    bits: int | None = None,
 ) -> Engine:
-    """Base model + optional adapter. Template and settings default to the run.yaml that training
-    wrote into the adapter (or full-model) folder."""
+    """Base model + optional adapter, the base optionally in 4 or 8 bits (bitsandbytes, GPU).
+    Template and settings default to the run.yaml that training wrote into the adapter (or
+    full-model) folder."""
     run_dir = adapter or model
     run = load_run_config(run_dir) if run_dir else None
     base = model or (run.model.path if run else None)
@@ -196,7 +198,8 @@ def load_engine(
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
     tokenizer = load_tokenizer(tokenizer_dir)
     chosen = _choose_template(template, run, run_dir, tokenizer)
-    model_obj = load_model(base, run.model.dtype if run else "auto")
+    quant = quantization(QuantConfig(bits=bits), f"--quantize {bits}bit", "drop --quantize") if bits else None
+    model_obj = load_model(base, run.model.dtype if run else "auto", quantization_config=quant)
     align_special_tokens(model_obj, tokenizer)
     if adapter:
         model_obj = load_adapter(model_obj, adapter)

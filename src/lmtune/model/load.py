@@ -60,16 +60,15 @@ def ensure_pad_token(tokenizer) -> None:
     raise ModelError("the tokenizer has neither a pad, unk nor eos token; add one to tokenizer_config.json")
 
 
-def quantization(finetune):
-    """bitsandbytes settings for QLoRA; its kernels need a CUDA GPU."""
+def quantization(q, what: str = "finetune.method: qlora", instead: str = "use method: lora (same adapters, unquantised base)"):
+    """bitsandbytes settings (a QuantConfig) for QLoRA or quantised inference; its kernels need a CUDA GPU."""
     if not torch.cuda.is_available():
         raise ConfigError(
-            "finetune.method: qlora quantises the base with bitsandbytes, whose 4/8-bit kernels need a CUDA GPU; "
-            "none is visible here, so use method: lora (same adapters, unquantised base)"
+            f"{what} quantises the model with bitsandbytes, whose 4/8-bit kernels need a CUDA GPU; "
+            f"none is visible here, so {instead}"
         )
     from transformers import BitsAndBytesConfig
 
-    q = finetune.quant
     if q.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
