@@ -32,6 +32,7 @@ CASES = [
         "(set data.on_error: skip to set bad records aside in rejected.jsonl)",
     ),
     (["model.path=nowhere"], "error: model folder '{dir}/nowhere' does not exist"),
+    (["train.report_to=wandb"], "error: train.report_to: wandb needs the wandb package: pip install wandb"),
 ]
 
 

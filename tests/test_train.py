@@ -74,3 +74,16 @@ def test_every_format_trains_from_one_folder_with_no_conversion(tmp_path, llama_
     assert json.loads((out / "rejected.jsonl").read_text(encoding="utf-8"))["record"] == {"instruction": "q"}
     assert any("eval_loss" in line for line in (out / "metrics.jsonl").read_text().splitlines())
 
+
+
+def test_report_to_tensorboard_writes_the_logged_losses(tmp_path, llama_dir, data_file):
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency; pip install tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = config(llama_dir, data_file, tmp_path / "out")
+    run.train.report_to = "tensorboard"
+    train(run)
+    events = sorted((tmp_path / "out").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file under the output folder"
+    scalars = EventAccumulator(str(events[0].parent)).Reload()
+    assert [e.step for e in scalars.Scalars("train/loss")] == [1, 2, 3]

@@ -96,6 +96,10 @@ def _check_engines(config: RunConfig) -> None:
     """Optional engines fail here, before anything is loaded, with what to do."""
     if config.train.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("train.deepspeed needs the deepspeed package: pip install deepspeed (on a machine with CUDA GPUs)")
+    trackers = config.train.report_to if isinstance(config.train.report_to, list) else [config.train.report_to]
+    for tracker, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if tracker in trackers and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"train.report_to: {tracker} needs the {package} package: pip install {package}")
     if config.train.training_arguments()["use_liger_kernel"]:
         if not torch.cuda.is_available():
             raise ConfigError("train.liger: Liger's kernels are Triton GPU kernels and need a CUDA GPU; none is visible here")
