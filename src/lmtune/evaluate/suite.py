@@ -2,8 +2,9 @@
 answers, and multiple-choice accuracy; for a fine-tune and, in the same table, for the model it
 was trained from.
 
-Dev loss uses the training encoder (template, train_on, cutoff_len), so it is the number the
-training log's eval_loss means. Perplexity is exp of the mean loss per answer token.
+Dev loss uses the training encoder (template, train_on, cutoff_len), so it measures what the
+training log's eval_loss measures; but every answer token weighs the same, where the Trainer
+averages the means of its batches. Perplexity is exp of the mean loss per answer token.
 """
 
 from __future__ import annotations
