@@ -1,6 +1,6 @@
 """LoRA training throughput with and without packing, on a random Llama and long-tailed data.
 
-    .venv/bin/python benchmarks/bench_train.py [--hidden 256] [--layers 4] [--steps 30] [--records 2000]
+    .venv/bin/python benchmarks/bench_train.py [--hidden 256] [--layers 4] [--steps 30] [--records 2000] [--sigma 0.9]
 
 Trains the same synthetic instruction data twice through `lmtune train` (padded batches, then
 data.packing: true) and prints non-padding tokens/s, samples/s and peak memory (RSS on CPU,
@@ -26,11 +26,11 @@ from lmtune.train.run import train
 WORDS = "the model learns to answer questions about data training tokens language city water time".split()
 
 
-def records(n: int, seed: int = 0) -> list[dict]:
+def records(n: int, seed: int = 0, sigma: float = 0.9) -> list[dict]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        answer = int(rng.lognormvariate(3.2, 0.9)) + 2  # long-tailed: most short, a few very long
+        answer = int(rng.lognormvariate(3.2, sigma)) + 2  # long-tailed: most short, a few very long
         out.append({"instruction": " ".join(rng.choices(WORDS, k=rng.randint(5, 25))), "output": " ".join(rng.choices(WORDS, k=answer))})
     return out
 
@@ -66,18 +66,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--sigma", type=float, default=0.9, help="spread of the answer lengths (lognormal)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = folder / "data.jsonl"
-        rows = records(args.records)
+        rows = records(args.records, sigma=args.sigma)
         data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         tokenizer = train_tokenizer([r["instruction"] + " " + r["output"] for r in rows[:500]], folder / "model", vocab_size=2000)
         build_model(tokenizer, folder / "model", hidden_size=args.hidden, layers=args.layers, heads=max(2, args.hidden // 64))
         padded = run(folder, folder / "model", data, False, args.steps, args.batch, args.cutoff)
         packed = run(folder, folder / "model", data, True, args.steps, args.batch, args.cutoff)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"device {device}; hidden {args.hidden}, {args.layers} layers, batch {args.batch}, cutoff {args.cutoff}, {args.steps} steps")
+    print(f"device {device}; hidden {args.hidden}, {args.layers} layers, batch {args.batch}, cutoff {args.cutoff}, "
+          f"{args.steps} steps, answer-length sigma {args.sigma}")
     for name, r in (("padded", padded), ("packed", packed)):
         print(f"{name:>7}: {r['tokens/s']:10.0f} non-padding tokens/s  padding {r['padding']:5.1%}  {r['seconds']:6.1f} s  peak {r['peak MiB']:7.0f} MiB")
     # Removing padding can at best turn the padded positions into real ones.

@@ -90,4 +90,4 @@ def test_model_commands_check_their_flags_in_one_line(project, llama_dir):
         assert quantized.returncode == 2 and "Traceback" not in quantized.stderr
         assert "--quantize 4bit quantises the model with bitsandbytes, whose 4/8-bit kernels need a CUDA GPU" in quantized.stderr
     compare = lmtune("eval", "compare", "good.json", "good.json", cwd=project)
-    assert compare.returncode == 2 and "good.json:1: not a prediction row" in compare.stderr
+    assert compare.returncode == 2 and "good.json:1: needs string fields 'prediction'" in compare.stderr

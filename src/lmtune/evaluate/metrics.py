@@ -99,6 +99,10 @@ def has_loop(text: str, n: int = 3, repeats: int = 3) -> bool:
     return any(count >= repeats for count in ngrams(words, n).values())
 
 
+# The fields `lmtune generate` adds to each record; the rest is the record that was answered.
+ADDED = ("prediction", "finish_reason", "reference")
+
+
 def reference(row: dict) -> str | None:
     """The answer a prediction is scored against: `reference` (written by generate for formats
     other than alpaca), else alpaca's `output`."""
@@ -125,24 +129,29 @@ def score(rows: list[dict]) -> dict:
     return summary
 
 
-def score_file(path) -> dict:
-    """Scores a prediction file (JSON lines with `output` and `prediction`) and writes
-    PATH.metrics.json beside it."""
-    import json
-    from pathlib import Path
-
+def read_predictions(path) -> list[tuple[int, dict]]:
+    """(line, row) of a prediction file; every row needs a prediction and a reference to score."""
     from lmtune.data.readers import read_records
     from lmtune.errors import DataError
 
-    rows = []
-    for line, record in read_records(path):
-        if not isinstance(record.get("prediction"), str) or reference(record) is None:
+    rows = list(read_records(path))
+    for line, row in rows:
+        if not isinstance(row.get("prediction"), str) or reference(row) is None:
             raise DataError(
                 f"{path}:{line}: needs string fields 'prediction' and 'output' or 'reference' (the expected answer); "
-                "score a file written by `lmtune generate` from data with answers"
+                "use a file written by `lmtune generate` from data with answers"
             )
-        rows.append(record)
-    result = score(rows)
+    if not rows:
+        raise DataError(f"{path}: no prediction rows")
+    return rows
+
+
+def score_file(path) -> dict:
+    """Scores a prediction file and writes PATH.metrics.json beside it."""
+    import json
+    from pathlib import Path
+
+    result = score([row for _, row in read_predictions(path)])
     out = Path(path).with_suffix(".metrics.json")
     out.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
     return {**result, "written_to": str(out)}

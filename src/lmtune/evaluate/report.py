@@ -13,14 +13,17 @@ import math
 from pathlib import Path
 
 from lmtune.data.formats import detect_format, to_conversation
-from lmtune.data.readers import read_records
 from lmtune.data.records import USER
 from lmtune.errors import DataError
-from lmtune.evaluate.metrics import has_loop, record_scores, reference, score
+from lmtune.evaluate.metrics import (
+    ADDED,
+    has_loop,
+    read_predictions,
+    record_scores,
+    reference,
+    score,
+)
 
-# The fields generate adds to each record (lmtune.infer.generate.ADDED, which imports torch);
-# what is left is the record that was answered.
-ADDED = ("prediction", "finish_reason", "reference")
 METRICS = {"bleu-4": "BLEU-4", "rouge-1": "ROUGE-1", "rouge-2": "ROUGE-2", "rouge-l": "ROUGE-L"}
 SHARES = {"hit_max_new_tokens": "hit max_new_tokens", "repetition_loop": "repetition loop"}
 _SAME_DATA = "compare predictions of the same data file"
@@ -54,22 +57,8 @@ def write_comparison(pred_a: Path, pred_b: Path, out: Path, names: tuple[str, st
 # ---------------------------------------------------------------- reading
 
 
-def _read(path: Path) -> list[tuple[int, dict]]:
-    rows = list(read_records(path))
-    for line, row in rows:
-        if not isinstance(row.get("prediction"), str) or reference(row) is None:
-            raise DataError(
-                f"{path}:{line}: not a prediction row with an answer to score against: needs string fields "
-                "'prediction' and 'output' or 'reference'; compare files written by `lmtune generate` "
-                "on data with answers"
-            )
-    if not rows:
-        raise DataError(f"{path}: no prediction rows to compare")
-    return rows
-
-
 def _paired(path_a: Path, path_b: Path) -> tuple[list[dict], list[dict]]:
-    a, b = _read(path_a), _read(path_b)
+    a, b = read_predictions(path_a), read_predictions(path_b)
     if len(a) != len(b):
         (longer, more), (shorter, fewer) = sorted([(path_a, a), (path_b, b)], key=lambda pair: -len(pair[1]))
         first_extra = more[len(fewer)][0]

@@ -19,9 +19,9 @@ from lmtune.data.convert import TARGETS, from_conversation
 from lmtune.data.readers import read_conversations
 from lmtune.data.records import ASSISTANT, Conversation, Turn
 from lmtune.errors import DataError, RecordError
+from lmtune.evaluate.metrics import ADDED
 from lmtune.infer.engine import Engine
 
-ADDED = ("prediction", "finish_reason", "reference")  # the fields generate adds to each record
 DATASET_FORMATS = TARGETS  # alpaca, sharegpt, messages
 
 
@@ -70,6 +70,8 @@ def generate_file(
     done = _earlier_answers(out, items)
     todo = [i for i in range(len(items)) if i not in done]
     progress(len(items) - len(todo))
+    if done:
+        _write_jsonl(out, list(done.values()))  # drops the half-written line an interrupted run may have left
     todo.sort(key=lambda i: len(engine.encoder.prompt_ids(items[i].prompt)), reverse=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as f:
