@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def lmtune(*args, cwd):
@@ -33,6 +34,12 @@ CASES = [
     ),
     (["model.path=nowhere"], "error: model folder '{dir}/nowhere' does not exist"),
     (["train.report_to=wandb"], "error: train.report_to: wandb needs the wandb package: pip install wandb"),
+    pytest.param(
+        ["train.fsdp=full_shard"],
+        "error: train.fsdp: accelerate shards with FSDP on GPUs only; on this CPU machine it would quietly run plain "
+        "DDP instead. Drop train.fsdp (`--nproc N` alone gives DDP), or run on CUDA GPUs",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP runs on CUDA GPUs"),
+    ),
 ]
 
 
@@ -85,7 +92,7 @@ def test_model_commands_check_their_flags_in_one_line(project, llama_dir):
     assert "temperature" in bad_setting.stderr and "greater than or equal to 0" in bad_setting.stderr
     bad_format = lmtune("generate", *model, "--data", "good.json", "--out", "p.jsonl", "--as-dataset", "csv", cwd=project)
     assert bad_format.stderr.strip().splitlines() == ["error: --as-dataset csv: choose one of alpaca, sharegpt, messages"]
-    if not __import__("torch").cuda.is_available():
+    if not torch.cuda.is_available():
         quantized = lmtune("chat", *model, "--quantize", "4", cwd=project)
         assert quantized.returncode == 2 and "Traceback" not in quantized.stderr
         assert "--quantize 4bit quantises the model with bitsandbytes, whose 4/8-bit kernels need a CUDA GPU" in quantized.stderr

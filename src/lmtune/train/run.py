@@ -96,6 +96,11 @@ def _check_engines(config: RunConfig) -> None:
     """Optional engines fail here, before anything is loaded, with what to do."""
     if config.train.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("train.deepspeed needs the deepspeed package: pip install deepspeed (on a machine with CUDA GPUs)")
+    if config.train.training_arguments().get("fsdp") and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.fsdp: accelerate shards with FSDP on GPUs only; on this CPU machine it would quietly run plain "
+            "DDP instead. Drop train.fsdp (`--nproc N` alone gives DDP), or run on CUDA GPUs"
+        )
     trackers = config.train.report_to if isinstance(config.train.report_to, list) else [config.train.report_to]
     for tracker, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if tracker in trackers and importlib.util.find_spec(package) is None:
