@@ -58,6 +58,13 @@ def test_lora_training_chat_and_generate_with_adapter(full_run):
     assert result.returncode == 0, result.stderr
     assert len(preds.read_text(encoding="utf-8").splitlines()) == 4
 
+    # --with-base switches the adapter off: the base column is the base model's own evaluation.
+    both = lmtune("eval", "--adapter", adapter, "--data", full_run / "train.json", "--with-base", "--json", "--out", full_run / "e1")
+    alone = lmtune("eval", "--model", full_run / "out", "--data", full_run / "train.json", "--json", "--out", full_run / "e2")
+    assert both.returncode == 0 and alone.returncode == 0, both.stderr + alone.stderr
+    both, alone = json.loads(both.stdout), json.loads(alone.stdout)
+    assert both["base"]["dev"] == alone["model"]["dev"]
+    assert both["fine-tune"]["dev"]["loss"] != both["base"]["dev"]["loss"]
 
 
 def test_chat_prompt_is_the_training_prefix_and_the_saved_chat_template_agrees(full_run, llama_dir):
