@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -14,9 +15,20 @@ def test_tokens_segment_chinese_into_words_and_english_into_lowercase_words():
 def test_bleu4_worked_out_by_hand():
     assert bleu4("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(100)
     assert bleu4("dogs bark", "the cat sat") == 0
-    # p1 = 5/5; p2..p4 add-one smoothed: 4/5, 3/4, 2/3; brevity exp(1 - 6/5)
-    expected = 100 * 2.718281828 ** (1 - 6 / 5) * (1 * 0.8 * 0.75 * (2 / 3)) ** 0.25
-    assert bleu4("the cat sat on mat", "the cat sat on the mat") == pytest.approx(expected, rel=1e-6)
+    # p1..p4 = 5/5, 3/4, 2/3, 1/2; brevity exp(1 - 6/5)
+    expected = 100 * math.exp(1 - 6 / 5) * (1 * 0.75 * (2 / 3) * 0.5) ** 0.25
+    assert bleu4("the cat sat on mat", "the cat sat on the mat") == pytest.approx(expected, rel=1e-9)
+    # One word in common: the empty orders count 1/(2*5), 1/(4*4), 1/(8*3) (NLTK's smoothing method 3).
+    expected = 100 * (1 / 6 * 1 / 10 * 1 / 16 * 1 / 24) ** 0.25
+    assert bleu4("Mars carbon dioxide in the waste.", "The capital of Italy is Rome.") == pytest.approx(expected, rel=1e-9)
+
+
+def test_bleu4_in_chinese_worked_out_by_hand():
+    # jieba words: 中国 的 首都 是 北京 against 北京 是 中国 的 首都. p1 = 5/5; bigrams 中国的 and 的首都
+    # of 4 match, 2/4; trigram 中国的首都 1/3; no 4-gram of 2 matches: 1/(2*2). (NLTK gives 45.1801 too.)
+    hyp, ref = "中国的首都是北京", "北京是中国的首都"
+    expected = 100 * (1 * 0.5 * (1 / 3) * (1 / 4)) ** 0.25
+    assert bleu4(hyp, ref) == pytest.approx(expected, rel=1e-9)
 
 
 def test_rouge_in_chinese_worked_out_by_hand():
