@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from lmtune.config import validate_config
 from lmtune.errors import ModelError
@@ -87,3 +88,23 @@ def test_report_to_tensorboard_writes_the_logged_losses(tmp_path, llama_dir, dat
     assert events, "no TensorBoard event file under the output folder"
     scalars = EventAccumulator(str(events[0].parent)).Reload()
     assert [e.step for e in scalars.Scalars("train/loss")] == [1, 2, 3]
+
+
+def test_gradient_accumulation_weighs_every_answer_token_alike(tmp_path, llama_dir, data_file):
+    """Batch 4 in one step and batch 2 accumulated twice give the same update, though the
+    micro-batches hold different numbers of answer tokens (averaging their means would not)."""
+    from safetensors.torch import load_file
+
+    def weights(name, batch, accumulation):
+        run = config(llama_dir, data_file, tmp_path / name)
+        run.finetune.method = "full"
+        run.train.per_device_train_batch_size, run.train.gradient_accumulation_steps = batch, accumulation
+        run.train.learning_rate, run.train.max_steps, run.train.warmup_ratio = 1e-2, 2, 0.0
+        train(run)
+        return load_file(tmp_path / name / "model.safetensors")
+
+    whole, accumulated = weights("whole", 4, 1), weights("accumulated", 2, 2)
+    start = load_file(llama_dir / "model.safetensors")
+    assert any(not torch.equal(whole[k], start[k]) for k in whole)  # it did train
+    for key in whole:
+        assert torch.allclose(whole[key], accumulated[key], atol=1e-6), key
