@@ -35,6 +35,11 @@ CASES = [
     (["model.path=nowhere"], "error: model folder '{dir}/nowhere' does not exist"),
     (["train.report_to=wandb"], "error: train.report_to: wandb needs the wandb package: pip install wandb"),
     pytest.param(
+        ["train.optim=paged_adamw_8bit"],
+        "error: train.optim: paged_adamw_8bit is a bitsandbytes optimizer and needs a CUDA GPU; use adamw_torch here",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="bitsandbytes optimizers run on CUDA GPUs"),
+    ),
+    pytest.param(
         ["train.fsdp=full_shard"],
         "error: train.fsdp: accelerate shards with FSDP on GPUs only; on this CPU machine it would quietly run plain "
         "DDP instead. Drop train.fsdp (`--nproc N` alone gives DDP), or run on CUDA GPUs",
@@ -82,7 +87,7 @@ def test_deepspeed_without_the_package_fails_before_loading_anything(project):
         pytest.skip("deepspeed is installed here")
     result = lmtune("train", "run.yaml", "train.deepspeed=zero3", cwd=project)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: train.deepspeed needs the deepspeed package: pip install deepspeed (on a machine with CUDA GPUs)"]
+    assert result.stderr.strip().splitlines() == ["error: train.deepspeed needs the deepspeed package: pip install deepspeed"]
 
 
 def test_model_commands_check_their_flags_in_one_line(project, llama_dir):

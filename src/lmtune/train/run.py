@@ -93,23 +93,34 @@ def train(config: RunConfig) -> TrainResult:
 
 
 def _check_engines(config: RunConfig) -> None:
-    """Optional engines fail here, before anything is loaded, with what to do."""
-    if config.train.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError("train.deepspeed needs the deepspeed package: pip install deepspeed (on a machine with CUDA GPUs)")
-    if config.train.training_arguments().get("fsdp") and not torch.cuda.is_available():
+    """Optional engines fail here, before anything is loaded, with what to do; so do the ones that
+    would otherwise quietly do something else on this machine."""
+    args, gpu = config.train.training_arguments(), torch.cuda.is_available()
+
+    def need(package: str, what: str) -> None:
+        if importlib.util.find_spec(package.replace("-", "_")) is None:
+            raise ConfigError(f"{what} needs the {package} package: pip install {package}")
+
+    if config.train.deepspeed:
+        need("deepspeed", "train.deepspeed")
+    if args.get("fsdp") and not gpu:
         raise ConfigError(
             "train.fsdp: accelerate shards with FSDP on GPUs only; on this CPU machine it would quietly run plain "
             "DDP instead. Drop train.fsdp (`--nproc N` alone gives DDP), or run on CUDA GPUs"
         )
+    optim = str(args.get("optim", ""))
+    if any(mark in optim for mark in ("8bit", "paged", "bnb")):
+        if not gpu:
+            raise ConfigError(f"train.optim: {optim} is a bitsandbytes optimizer and needs a CUDA GPU; use adamw_torch here")
+        need("bitsandbytes", f"train.optim: {optim}")
     trackers = config.train.report_to if isinstance(config.train.report_to, list) else [config.train.report_to]
-    for tracker, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
-        if tracker in trackers and importlib.util.find_spec(package) is None:
-            raise ConfigError(f"train.report_to: {tracker} needs the {package} package: pip install {package}")
-    if config.train.training_arguments()["use_liger_kernel"]:
-        if not torch.cuda.is_available():
+    for tracker in ("tensorboard", "wandb"):
+        if tracker in trackers:
+            need(tracker, f"train.report_to: {tracker}")
+    if args["use_liger_kernel"]:
+        if not gpu:
             raise ConfigError("train.liger: Liger's kernels are Triton GPU kernels and need a CUDA GPU; none is visible here")
-        if importlib.util.find_spec("liger_kernel") is None:
-            raise ConfigError("train.liger needs the liger-kernel package: pip install liger-kernel")
+        need("liger-kernel", "train.liger")
 
 
 def _log_data(data: Prepared, output_dir: Path) -> None:
