@@ -57,6 +57,11 @@ class DataConfig(Section):
     format: Literal[DATA_FORMATS] = Field("auto", description="Record format; auto detects it per file.")
     template_file: str | None = Field(None, description="YAML file with templates of your own (same shape as the registry).")
     template: str = Field("alpaca", description="Prompt template name (`lmtune templates`), or auto: the tokenizer's chat_template.")
+    stage: Literal["sft", "pt"] = Field(
+        "sft",
+        description="sft: conversations through the template; pt: continued pre-training on raw text, documents "
+        "joined with EOS and cut into cutoff_len blocks (packed per document with data.packing), nothing dropped.",
+    )
     train_on: Literal["all_assistant", "last_assistant", "all"] = Field(
         "all_assistant", description="Trained tokens: every answer, the last answer only, or everything."
     )

@@ -20,6 +20,7 @@ from lmtune import __version__
 from lmtune.config import DataConfig
 from lmtune.data.encode import Encoder, Sample, adds_bos
 from lmtune.data.load import LoadReport, load_data
+from lmtune.data.pretrain import document_samples
 from lmtune.data.registry import resolve_datasets
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ def prepare(data: DataConfig, encoder: Encoder, seed: int) -> Prepared:
         log.info("data: encoded samples from the cache %s", folder)
         return cached
     loaded = load_data(data, encoder.tokenizer, seed)
-    prepared = Prepared(encode_all(loaded.train, encoder), encode_all(loaded.dev, encoder), loaded.report)
+    encode = document_samples if data.stage == "pt" else encode_all
+    prepared = Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
     if folder:
         _write_cache(folder, prepared)
     return prepared

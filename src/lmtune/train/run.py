@@ -14,6 +14,7 @@ from lmtune.data.encode import Collator, Encoder, Sample
 from lmtune.data.load import LoadReport
 from lmtune.data.pack import PackedCollator, check_packing_supported, pack, uses_flash_attention
 from lmtune.data.prepare import Prepared, prepare
+from lmtune.data.pretrain import blocks
 from lmtune.data.registry import resolve_datasets
 from lmtune.errors import ConfigError
 from lmtune.model.adapters import apply_method, verify_adapter
@@ -161,6 +162,9 @@ def _prepare_method(model, config: RunConfig):
 def _batches(config: RunConfig, model, tokenizer, data: Prepared):
     """Rows and collator: one sample per row (padded), or several per row with data.packing."""
     if not config.data.packing:
+        if config.data.stage == "pt":  # documents end to end in full blocks: no padding, nothing dropped
+            cutoff = config.data.cutoff_len
+            return blocks(data.train, cutoff), blocks(data.dev, cutoff), Collator(tokenizer.pad_token_id)
         return _rows(data.train), _rows(data.dev), Collator(tokenizer.pad_token_id)
     check_packing_supported(model)
     train_rows, dev_rows = pack(data.train, config.data.cutoff_len), pack(data.dev, config.data.cutoff_len)
