@@ -164,7 +164,9 @@ def _batches(config: RunConfig, model, tokenizer, data: Prepared):
     if not config.data.packing:
         if config.data.stage == "pt":  # documents end to end in full blocks: no padding, nothing dropped
             cutoff = config.data.cutoff_len
-            return blocks(data.train, cutoff), blocks(data.dev, cutoff), Collator(tokenizer.pad_token_id)
+            train_rows = blocks(data.train, cutoff)
+            log.info("pre-training: %s tokens in %d blocks of %d", f"{sum(len(r['input_ids']) for r in train_rows):,}", len(train_rows), cutoff)
+            return train_rows, blocks(data.dev, cutoff), Collator(tokenizer.pad_token_id)
         return _rows(data.train), _rows(data.dev), Collator(tokenizer.pad_token_id)
     check_packing_supported(model)
     train_rows, dev_rows = pack(data.train, config.data.cutoff_len), pack(data.dev, config.data.cutoff_len)
