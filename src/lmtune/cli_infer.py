@@ -140,6 +140,7 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="Dev set with answers (default: the run's data.val_size split)."),
     choice: Optional[Path] = typer.Option(None, "--choice", help="Multiple-choice CSV file or folder (C-Eval, CMMLU, MMLU layout)."),
     shots: int = typer.Option(0, "--shots", help="Few-shot examples per multiple-choice question, from the subject's dev file."),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", help="Only the first N dev records, and N questions per subject."),
     with_base: bool = typer.Option(False, "--with-base", help="Also evaluate the model this one was trained from, side by side."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and predictions (default: MODEL_OR_ADAPTER/eval)."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Only score this prediction file (no model)."),
@@ -154,7 +155,7 @@ def evaluate(
         return _score_predictions(predictions, as_json)
     from lmtune.evaluate.suite import base_of, evaluate as run_suite, write_results
 
-    suite, run = _suite(model, adapter, data, choice, shots, sampling)
+    suite, run = _suite(model, adapter, data, choice, shots, sampling, max_samples)
     engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize)  # greedy: scores that can be redone
     out = out or Path(adapter or model) / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +178,7 @@ def evaluate(
     console.print(f"results in {written}" + (f"; answers side by side in {out / 'compare.html'}" if with_base and suite.dev else ""))
 
 
-def _suite(model, adapter, data, choice, shots, sampling):
+def _suite(model, adapter, data, choice, shots, sampling, limit=None):
     from lmtune.config import load_run_config
     from lmtune.data.load import load_data
     from lmtune.data.readers import read_conversations
@@ -188,11 +189,11 @@ def _suite(model, adapter, data, choice, shots, sampling):
     run = load_run_config(adapter or model) if (adapter or model) else None
     dev = None
     if data:
-        pairs = list(read_conversations(data))
+        pairs = list(read_conversations(data))[:limit]
         dev = DevSet([c for c, _ in pairs], [to_item(c, r) for c, r in pairs], str(data))
     elif run and run.data.val_size and not choice:
         tokenizer = load_tokenizer(adapter or run.model.path)
-        held_out = load_data(run.data, tokenizer, run.train.seed).dev  # the same seeded split training held out
+        held_out = load_data(run.data, tokenizer, run.train.seed).dev[:limit]  # the split training held out
         dev = DevSet(held_out, [to_item(c) for c in held_out], "the run's dev split")
     elif not choice:
         raise LmtuneError("nothing to evaluate: pass --data DEV_FILE and/or --choice CSV_OR_FOLDER (the run has no data.val_size dev split)")
@@ -200,7 +201,7 @@ def _suite(model, adapter, data, choice, shots, sampling):
     if choice:
         from lmtune.evaluate.choice import read_questions
 
-        questions = read_questions(choice)
+        questions = {subject: items[:limit] for subject, items in read_questions(choice).items()}
     cutoff, train_on = (run.data.cutoff_len, run.data.train_on) if run else (4096, "all_assistant")
     batch = sampling.get("batch_size") or (run.generate.batch_size if run else 8)
     return Suite(dev, questions, shots, batch, cutoff, train_on), run

@@ -56,6 +56,7 @@ def evaluate(engine: Engine, suite: Suite, out_dir: Path, label: str, say: Calla
         say(f"{label}: answering {len(suite.dev.items)} dev questions")
         generated = generate_file(engine, suite.dev.items, predictions, suite.batch_size)
         result["generation"] = {**score(generated.rows), "predictions": str(predictions)}
+        result["dev"]["data"] = suite.dev.name
     if suite.choice:
         from lmtune.evaluate.choice import score_choices
 
