@@ -165,17 +165,20 @@ def evaluate(
             raise LmtuneError("--with-base: the model folder has no run.yaml naming the model it was trained from")
         with base_of(engine, run.model.path) as base:
             results["base"] = run_suite(base, suite, out, "base", console.print)
-    results["fine-tune" if with_base else "model"] = run_suite(engine, suite, out, "fine-tune" if with_base else "model", console.print)
-    written = write_results(out, results)
+    label = "fine-tune" if with_base else "model"
+    results[label] = run_suite(engine, suite, out, label, console.print)
+    written, report = write_results(out, results), ""
     if with_base and suite.dev:
         from lmtune.evaluate.report import write_comparison
 
-        write_comparison(out / "base_predictions.jsonl", out / "fine-tune_predictions.jsonl", out / "compare.html", ("base", "fine-tune"))
+        pair = [out / f"{name}_predictions.jsonl" for name in results]
+        write_comparison(*pair, out / "compare.html", tuple(results))
+        report = f"; answers side by side in {out / 'compare.html'}"
     if as_json:
         print(json.dumps(results, ensure_ascii=False))
     else:
         _print_table(results)
-    console.print(f"results in {written}" + (f"; answers side by side in {out / 'compare.html'}" if with_base and suite.dev else ""))
+    console.print(f"results in {written}{report}")
 
 
 def _suite(model, adapter, data, choice, shots, sampling, limit=None):

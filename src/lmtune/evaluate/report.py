@@ -15,14 +15,7 @@ from pathlib import Path
 from lmtune.data.formats import detect_format, to_conversation
 from lmtune.data.records import USER
 from lmtune.errors import DataError
-from lmtune.evaluate.metrics import (
-    ADDED,
-    has_loop,
-    read_predictions,
-    record_scores,
-    reference,
-    score,
-)
+from lmtune.evaluate.metrics import ADDED, has_loop, read_predictions, record_scores, reference, score
 
 METRICS = {"bleu-4": "BLEU-4", "rouge-1": "ROUGE-1", "rouge-2": "ROUGE-2", "rouge-l": "ROUGE-L"}
 SHARES = {"hit_max_new_tokens": "hit max_new_tokens", "repetition_loop": "repetition loop"}

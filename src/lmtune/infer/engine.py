@@ -21,12 +21,7 @@ from lmtune.data.encode import Encoder, pad_batch
 from lmtune.data.records import Conversation
 from lmtune.errors import LmtuneError
 from lmtune.model.adapters import load_adapter
-from lmtune.model.load import (
-    align_special_tokens,
-    load_model,
-    load_tokenizer,
-    quantization,
-)
+from lmtune.model.load import align_special_tokens, load_model, load_tokenizer, quantization
 from lmtune.templates.hf import template_for
 from lmtune.templates.template import TEMPLATE_FILE, Template, get_template
 
