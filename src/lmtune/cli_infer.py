@@ -153,20 +153,28 @@ def evaluate(
         return
     if predictions:
         return _score_predictions(predictions, as_json)
+    from rich.progress import Progress
+
     from lmtune.evaluate.suite import base_of, evaluate as run_suite, write_results
 
     suite, run = _suite(model, adapter, data, choice, shots, sampling, max_samples)
     engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize)  # greedy: scores that can be redone
     out = out or Path(adapter or model) / "eval"
     out.mkdir(parents=True, exist_ok=True)
+    if with_base and run is None:
+        raise LmtuneError("--with-base: the model folder has no run.yaml naming the model it was trained from")
     results = {}
-    if with_base:
-        if run is None:
-            raise LmtuneError("--with-base: the model folder has no run.yaml naming the model it was trained from")
-        with base_of(engine, run.model.path) as base:
-            results["base"] = run_suite(base, suite, out, "base", console.print)
-    label = "fine-tune" if with_base else "model"
-    results[label] = run_suite(engine, suite, out, label, console.print)
+    with Progress(console=console) as progress:
+
+        def track(what: str, total: int):
+            task = progress.add_task(what, total=total)
+            return lambda n: progress.advance(task, n)
+
+        if with_base:
+            with base_of(engine, run.model.path) as base:
+                results["base"] = run_suite(base, suite, out, "base", track)
+        label = "fine-tune" if with_base else "model"
+        results[label] = run_suite(engine, suite, out, label, track)
     written, report = write_results(out, results), ""
     if with_base and suite.dev:
         from lmtune.evaluate.report import write_comparison

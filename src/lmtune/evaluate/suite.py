@@ -45,27 +45,32 @@ class Suite:
     train_on: str
 
 
-def evaluate(engine: Engine, suite: Suite, out_dir: Path, label: str, say: Callable[[str], None] = lambda s: None) -> dict:
+Track = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n), e.g. a progress bar
+
+
+def evaluate(engine: Engine, suite: Suite, out_dir: Path, label: str, track: Track = lambda what, total: lambda n: None) -> dict:
     """Every part of the suite on one model; predictions go to OUT_DIR/LABEL_predictions.jsonl."""
     result: dict = {}
     if suite.dev:
-        say(f"{label}: dev loss on {len(suite.dev.convs)} conversations")
-        result["dev"] = dev_loss(engine, suite.dev.convs, suite.cutoff_len, suite.train_on, suite.batch_size)
+        convs, items = suite.dev.convs, suite.dev.items
+        result["dev"] = dev_loss(engine, convs, suite.cutoff_len, suite.train_on, suite.batch_size, track(f"{label}: dev loss", len(convs)))
         predictions = out_dir / f"{label}_predictions.jsonl"
         predictions.unlink(missing_ok=True)  # an evaluation answers afresh; never reuse another model's answers
-        say(f"{label}: answering {len(suite.dev.items)} dev questions")
-        generated = generate_file(engine, suite.dev.items, predictions, suite.batch_size)
+        generated = generate_file(engine, items, predictions, suite.batch_size, track(f"{label}: answering the dev set", len(items)))
         result["generation"] = {**score(generated.rows), "predictions": str(predictions)}
         result["dev"]["data"] = suite.dev.name
     if suite.choice:
         from lmtune.evaluate.choice import score_choices
 
-        say(f"{label}: {sum(map(len, suite.choice.values()))} multiple-choice questions, {suite.shots}-shot")
-        result["choice"] = score_choices(engine, suite.choice, shots=suite.shots, batch_size=suite.batch_size)
+        advance = track(f"{label}: multiple choice, {suite.shots}-shot", sum(map(len, suite.choice.values())))
+        result["choice"] = score_choices(engine, suite.choice, suite.shots, suite.batch_size, progress=advance)
     return result
 
 
-def dev_loss(engine: Engine, convs: list[Conversation], cutoff_len: int, train_on: str, batch_size: int) -> dict:
+def dev_loss(
+    engine: Engine, convs: list[Conversation], cutoff_len: int, train_on: str, batch_size: int,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict:
     """Mean cross-entropy per trained token, summed over the whole set (not averaged per batch)."""
     encoder = Encoder(engine.tokenizer, engine.template, cutoff_len, train_on)
     samples = sorted(encoder.encode_many(convs), key=lambda s: len(s.input_ids))
@@ -79,6 +84,7 @@ def dev_loss(engine: Engine, convs: list[Conversation], cutoff_len: int, train_o
         labels = batch["labels"][:, 1:]
         total += F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").item()
         tokens += int((labels != IGNORE_INDEX).sum())
+        progress(len(rows))
     mean = total / max(tokens, 1)
     return {"loss": mean, "perplexity": math.exp(min(mean, 700)), "tokens": tokens}
 
