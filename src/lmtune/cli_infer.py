@@ -157,12 +157,17 @@ def evaluate(
 
     from lmtune.evaluate.suite import base_of, evaluate as run_suite, write_results
 
-    suite, run = _suite(model, adapter, data, choice, shots, sampling, max_samples)
-    engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize)  # greedy: scores that can be redone
-    out = out or Path(adapter or model) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    from lmtune.config import load_run_config
+
+    run = load_run_config(adapter or model) if (adapter or model) else None
     if with_base and run is None:
         raise LmtuneError("--with-base: the model folder has no run.yaml naming the model it was trained from")
+    if not (data or choice or (run and run.data.val_size)):
+        raise LmtuneError("nothing to evaluate: pass --data DEV_FILE and/or --choice CSV_OR_FOLDER (the run has no data.val_size dev split)")
+    engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize)  # greedy: scores that can be redone
+    suite = _suite(engine, run, data, choice, shots, max_samples)
+    out = out or Path(adapter or model) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
     results = {}
     with Progress(console=console) as progress:
 
@@ -189,33 +194,26 @@ def evaluate(
     console.print(f"results in {written}{report}")
 
 
-def _suite(model, adapter, data, choice, shots, sampling, limit=None):
-    from lmtune.config import load_run_config
+def _suite(engine, run, data, choice, shots, limit):
+    """The dev set (--data, else the split training held out) and the multiple-choice questions."""
     from lmtune.data.load import load_data
     from lmtune.data.readers import read_conversations
     from lmtune.evaluate.suite import DevSet, Suite
     from lmtune.infer.generate import to_item
-    from lmtune.model.load import load_tokenizer
 
-    run = load_run_config(adapter or model) if (adapter or model) else None
-    dev = None
+    dev = questions = None
     if data:
         pairs = list(read_conversations(data))[:limit]
         dev = DevSet([c for c, _ in pairs], [to_item(c, r) for c, r in pairs], str(data))
-    elif run and run.data.val_size and not choice:
-        tokenizer = load_tokenizer(adapter or run.model.path)
-        held_out = load_data(run.data, tokenizer, run.train.seed).dev[:limit]  # the split training held out
+    elif not choice:  # the run's own dev split, rebuilt with its seed
+        held_out = load_data(run.data, engine.tokenizer, run.train.seed).dev[:limit]
         dev = DevSet(held_out, [to_item(c) for c in held_out], "the run's dev split")
-    elif not choice:
-        raise LmtuneError("nothing to evaluate: pass --data DEV_FILE and/or --choice CSV_OR_FOLDER (the run has no data.val_size dev split)")
-    questions = None
     if choice:
         from lmtune.evaluate.choice import read_questions
 
         questions = {subject: items[:limit] for subject, items in read_questions(choice).items()}
     cutoff, train_on = (run.data.cutoff_len, run.data.train_on) if run else (4096, "all_assistant")
-    batch = sampling.get("batch_size") or (run.generate.batch_size if run else 8)
-    return Suite(dev, questions, shots, batch, cutoff, train_on), run
+    return Suite(dev, questions, shots, engine.settings.batch_size, cutoff, train_on)
 
 
 def _print_table(results: dict) -> None:
