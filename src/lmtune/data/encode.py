@@ -141,11 +141,11 @@ class Encoder:
         long, cut the prompt in the middle, then the answer, keeping the answer's end token."""
         groups = exchanges(conv)
         for start in range(1, len(groups)):
-            kept = Conversation([t for g in groups[start:] for t in g], conv.system, conv.source, conv.origin)
+            kept = Conversation([t for g in groups[start:] for t in g], conv.system, conv.tools, conv.source, conv.origin)
             tokenized = self._tokenize([self.render(kept)])[0]
             if len(self.bos) + len(tokenized.ids) <= self.cutoff_len:
                 return self._sample(tokenized, truncated=True)
-        last = Conversation(groups[-1], conv.system, conv.source, conv.origin)
+        last = Conversation(groups[-1], conv.system, conv.tools, conv.source, conv.origin)
         return self._sample(self._cut(self._tokenize([self.render(last)])[0]), truncated=True)
 
     def _cut(self, tokenized: Tokenized) -> Tokenized:

@@ -22,11 +22,15 @@ class Turn:
 class Conversation:
     turns: list[Turn]
     system: str | None = None
+    # Tool (function) definitions the model is shown, as OpenAI's `tools=` list of JSON schemas
+    # ({"name", "description", "parameters"}, or wrapped as {"type": "function", "function": …});
+    # templates render them the way each family's official chat template does.
+    tools: list[dict] | None = None
     source: str = ""  # "file:line", for messages that point at the record
     origin: tuple[str, int] | None = None  # (file, record index): which record this is, for accounting
 
     def without_last_answer(self) -> tuple[Conversation, str | None]:
         """The prompt part (ending with a user turn) and the reference answer, if any."""
         if self.turns and self.turns[-1].role == ASSISTANT:
-            return Conversation(self.turns[:-1], self.system, self.source, self.origin), self.turns[-1].content
+            return Conversation(self.turns[:-1], self.system, self.tools, self.source, self.origin), self.turns[-1].content
         return self, None
