@@ -4,12 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU wheel of torch: a plain `pip install torch` would pull a multi-GB CUDA build.
 CPU_TORCH ?= torch==2.13.0
+# The versions the test suite last passed with (`make lock` refreshes them). pip install lmtune
+# keeps pyproject's ranges; make installs this tested set, so a release out today cannot break a
+# fresh clone. torch is left out: the CPU wheel above, or the CUDA build a GPU user already has.
+CONSTRAINTS := constraints.txt
 
-.PHONY: install demo test clean
+.PHONY: install demo test lock clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
@@ -18,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 		echo "no CUDA GPU: installing the CPU build of torch ($(CPU_TORCH))"; \
 		$(BIN)/pip install -q $(CPU_TORCH); \
 	fi
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	@touch $@
 
 demo: install
@@ -26,6 +30,18 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Newest releases within pyproject's ranges, into a scratch venv, written to constraints.txt.
+# Then run `make clean test`: commit the new constraints only if the suite passes with them.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q $(CPU_TORCH)
+	.lock-venv/bin/pip install -q -e '.[dev]'
+	{ echo "# Tested versions for make install; refresh with make lock, then make clean test."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton)[=-]'; } > $(CONSTRAINTS)
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
