@@ -97,7 +97,8 @@ def adapter_state(model) -> dict[str, torch.Tensor]:
 
 
 def verify_adapter(adapter_dir: str | Path, initial: dict[str, torch.Tensor]) -> None:
-    """Load the saved adapter back: every tensor present, non-empty, and changed by training."""
+    """Load the saved adapter back: every tensor present, non-empty, and changed by training (a LoRA
+    pair counts as changed when its update B·A has)."""
     from safetensors.torch import load_file
 
     path = Path(adapter_dir) / ADAPTER_FILE
@@ -109,9 +110,8 @@ def verify_adapter(adapter_dir: str | Path, initial: dict[str, torch.Tensor]) ->
         raise AdapterError(f"{path} cannot be read back ({exc}); the file is damaged") from exc
     missing = sorted(set(initial) - set(saved))
     empty = sorted(name for name, t in saved.items() if t.numel() == 0)
-    unchanged = sorted(
-        name for name, t in saved.items() if name in initial and t.numel() and torch.equal(t.cpu(), initial[name])
-    )
+    parts = _trained_parts(saved, initial) if not (missing or empty) else {}
+    unchanged = sorted(name for name, changed in parts.items() if not changed)
     if not saved or missing or empty or unchanged:
         problems = []
         if not saved:
@@ -121,11 +121,54 @@ def verify_adapter(adapter_dir: str | Path, initial: dict[str, torch.Tensor]) ->
         if empty:
             problems.append(f"{len(empty)} empty tensors (e.g. {empty[0]})")
         if unchanged:
-            problems.append(f"{len(unchanged)} of {len(saved)} tensors unchanged from initialisation (e.g. {unchanged[0]})")
+            problems.append(f"{len(unchanged)} of {len(parts)} adapter parts unchanged from initialisation (e.g. {unchanged[0]})")
         raise AdapterError(
             f"adapter check failed for {path}: {'; '.join(problems)}. Training did not update the adapter: "
             "check that labels are not all -100, that learning_rate > 0, and that max_steps/epochs are not 0"
         )
+
+
+LORA_PAIRS = {".lora_A": ".lora_B", ".lora_embedding_A": ".lora_embedding_B"}
+
+
+def _trained_parts(saved: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> dict[str, bool]:
+    """Whether training changed each part of the adapter: a LoRA pair as one part, judged by its
+    update B·A, every other tensor (DoRA magnitudes, prompt embeddings, modules_to_save) by itself.
+    Judging A and B apart fails honest short runs: warm-up gives step 1 a learning rate of 0, so
+    after 2 steps only B has moved (A's gradient goes through B, still 0), yet B·A is nonzero."""
+    parts, paired = {}, set()
+    for a_name in saved:
+        b_name = _partner(a_name)
+        if b_name in saved and {a_name, b_name} <= initial.keys():
+            module = a_name.rsplit(".lora_", 1)[0]
+            parts[f"{module} (LoRA B·A)"] = _pair_changed(saved[a_name], saved[b_name], initial[a_name], initial[b_name])
+            paired |= {a_name, b_name}
+    for name, tensor in saved.items():
+        if name in initial and name not in paired:
+            parts[name] = not torch.equal(tensor.cpu(), initial[name])
+    return parts
+
+
+def _partner(name: str) -> str | None:
+    """The lora_B tensor that goes with a lora_A one (None for anything else)."""
+    for a_key, b_key in LORA_PAIRS.items():
+        if a_key in name:
+            return name.replace(a_key, b_key)
+    return None
+
+
+def _pair_changed(a: torch.Tensor, b: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor) -> bool:
+    """Did B·A change? Compared on a fixed random probe instead of as products: (B·A)x costs
+    r·(in + out) where B·A costs in·out, and a changed product maps a random x to the same
+    vector only by a measure-zero coincidence. An update A cannot make while B is 0 (weight
+    decay alone) leaves B·A at 0 and so counts as unchanged, as it should."""
+    a, b, a0, b0 = (t.detach().cpu().float() for t in (a, b, a0, b0))
+    a, a0 = a.reshape(a.shape[0], -1), a0.reshape(a0.shape[0], -1)  # conv and embedding LoRA as matrices
+    b, b0 = b.reshape(b.shape[0], -1), b0.reshape(b0.shape[0], -1)
+    if b.shape[1] != a.shape[0]:
+        return not (torch.equal(a, a0) and torch.equal(b, b0))
+    probe = torch.randn(a.shape[1], generator=torch.Generator().manual_seed(0))
+    return not torch.equal(b @ (a @ probe), b0 @ (a0 @ probe))
 
 
 def load_adapter(model, adapter_dir: str | Path):
