@@ -38,16 +38,18 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks 
 def train(
     config: Path = typer.Argument(..., help="Run config (YAML or JSON)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.learning_rate=1e-4"),
-    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes (devices) to train on; default: every visible GPU."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Processes (devices) to train on; default: every visible GPU."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's results in train.output_dir."),
 ):
     """Fine-tune a model as the config says; results go to train.output_dir."""
     from lmtune.config import load_config
     from lmtune.train.launch import processes_wanted, relaunch
     from lmtune.train.run import train as run_training
 
-    settings = load_config(config, overrides or [])  # a bad config fails here, once, before any launch
+    overrides = [*(overrides or []), *(["train.overwrite_output_dir=true"] if overwrite else [])]
+    settings = load_config(config, overrides)  # a bad config fails here, once, before any launch
     if count := processes_wanted(nproc):
-        raise typer.Exit(relaunch(count, [*(["--debug"] if _state["debug"] else []), "train", str(config), *(overrides or [])]))
+        raise typer.Exit(relaunch(count, [*(["--debug"] if _state["debug"] else []), "train", str(config), *overrides]))
     result = run_training(settings)
     if not result.main_process:
         return

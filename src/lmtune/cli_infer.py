@@ -139,8 +139,8 @@ def evaluate(
     template: Optional[str] = TEMPLATE,
     data: Optional[Path] = typer.Option(None, "--data", help="Dev set with answers (default: the run's data.val_size split)."),
     choice: Optional[Path] = typer.Option(None, "--choice", help="Multiple-choice CSV file or folder (C-Eval, CMMLU, MMLU layout)."),
-    shots: int = typer.Option(0, "--shots", help="Few-shot examples per multiple-choice question, from the subject's dev file."),
-    max_samples: Optional[int] = typer.Option(None, "--max-samples", help="Only the first N dev records, and N questions per subject."),
+    shots: int = typer.Option(0, "--shots", min=0, help="Few-shot examples per multiple-choice question, from the subject's dev file."),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Only the first N dev records, and N questions per subject."),
     with_base: bool = typer.Option(False, "--with-base", help="Also evaluate the model this one was trained from, side by side."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and predictions (default: MODEL_OR_ADAPTER/eval)."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Only score this prediction file (no model)."),
@@ -208,6 +208,8 @@ def _suite(engine, run, data, choice, shots, limit):
     elif not choice:  # the run's own dev split, rebuilt with its seed
         held_out = load_data(run.data, engine.tokenizer, run.train.seed).dev[:limit]
         dev = DevSet(held_out, [to_item(c) for c in held_out], "the run's dev split")
+    if dev is not None and not dev.convs:
+        raise LmtuneError(f"nothing to evaluate: {dev.name} holds no records")
     if choice:
         from lmtune.evaluate.choice import read_questions
 

@@ -55,6 +55,9 @@ class DataConfig(Section):
     dataset: list[str] = Field(default_factory=list, description="Dataset names from dataset_dir/dataset_info.json.")
     dataset_dir: str = Field("data", description="Folder holding dataset_info.json and the files it names.")
     format: Literal[DATA_FORMATS] = Field("auto", description="Record format; auto detects it per file.")
+    encoding: str = Field(
+        "auto", description="Text encoding of the data files (utf-8, gb18030, big5, cp1252 …); auto detects it per file."
+    )
     template_file: str | None = Field(None, description="YAML file with templates of your own (same shape as the registry).")
     template: str = Field("alpaca", description="Prompt template name (`lmtune templates`), or auto: the tokenizer's chat_template.")
     stage: Literal["sft", "pt"] = Field(
@@ -70,6 +73,10 @@ class DataConfig(Section):
         "raise", description="Bad record: stop with its file and line, or skip it into rejected.jsonl."
     )
     streaming: bool = Field(False, description="Read .jsonl/.txt files line by line instead of whole.")
+    drop_media: bool = Field(
+        False, description="Multimodal data (images, videos, audios): train on its text alone, the media and their "
+        "<image>/<video>/<audio> placeholders dropped and counted, instead of refusing it.",
+    )
     max_samples: int | None = Field(None, gt=0, description="Use at most this many records per dataset.")
     mix: dict[str, float] | None = Field(
         None, description="Per dataset (name or file stem): a share of the mixture (< 1) or a record count (>= 1)."
@@ -166,11 +173,19 @@ class TrainConfig(BaseModel):
     deepspeed: str | None = Field(
         None, description="DeepSpeed config: zero2 | zero2_offload | zero3 | zero3_offload (shipped), or a JSON path."
     )
+    overwrite_output_dir: bool = Field(
+        False, description="Replace an earlier run's results in output_dir (lmtune train --overwrite does the same)."
+    )
     liger: bool = Field(False, description="Liger's fused kernels (GPU, `pip install liger-kernel`); same as use_liger_kernel.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_no(cls, values: Any) -> Any:
+        return yaml_no(values) if isinstance(values, dict) else values
 
     def training_arguments(self) -> dict[str, Any]:
         """Keyword arguments for `transformers.TrainingArguments`."""
-        args = self.model_dump(exclude={"resume"})
+        args = self.model_dump(exclude={"resume", "overwrite_output_dir"})
         ratio = args.pop("warmup_ratio")
         args.setdefault("warmup_steps", ratio)  # an explicit warmup_steps wins
         args["use_liger_kernel"] = args.pop("liger") or args.get("use_liger_kernel", False)
@@ -286,7 +301,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     """Validate and report every problem at once, each with its dotted key."""
-    problems = _unknown_train_keys(raw.get("train"))
+    problems = _unknown_train_keys(raw.get("train")) + _bad_train_values(raw.get("train"))
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -337,6 +352,47 @@ def _unknown_train_keys(train: Any) -> list[str]:
         for key in train
         if key not in known
     ]
+
+
+def yaml_no(train: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads a bare `no` as false; `save_strategy: no` and its kin mean the string."""
+    return {k: "no" if k.endswith("_strategy") and v is False else v for k, v in train.items()}
+
+
+# TrainingArguments takes these at 0 without a word and fails later, deep inside a dataloader.
+_AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+
+
+def _bad_train_values(train: Any) -> list[str]:
+    """TrainingArguments fields that lmtune does not declare are still checked against their
+    types here, so a string where a number belongs is listed with every other problem."""
+    if not isinstance(train, dict):
+        return []
+    from pydantic import TypeAdapter
+
+    problems = []
+    types = training_argument_types()
+    for key, value in yaml_no(train).items():
+        if key in TrainConfig.model_fields or key not in types:
+            continue
+        try:
+            value = TypeAdapter(types[key]).validate_python(value)
+        except ValidationError as exc:
+            problems.append(f"train.{key}: {exc.errors()[0]['msg']} (got {value!r})")
+            continue
+        if key in _AT_LEAST_ONE and isinstance(value, int) and value < 1:
+            problems.append(f"train.{key}: must be at least 1 (got {value!r})")
+    return problems
+
+
+@lru_cache(maxsize=1)
+def training_argument_types() -> dict[str, Any]:
+    import typing
+
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    return {name: hints[name] for name in training_argument_names()}
 
 
 @lru_cache(maxsize=1)

@@ -85,7 +85,9 @@ def dev_loss(
         total += F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").item()
         tokens += int((labels != IGNORE_INDEX).sum())
         progress(len(rows))
-    mean = total / max(tokens, 1)
+    if not tokens:  # every answer cut away: there is no loss to report, and 0.00 would read as perfect
+        return {"loss": None, "perplexity": None, "tokens": 0}
+    mean = total / tokens
     return {"loss": mean, "perplexity": math.exp(min(mean, 700)), "tokens": tokens}
 
 

@@ -99,17 +99,14 @@ def _key(record: dict) -> str:
 
 
 def _earlier_answers(out: Path, items: list[Item]) -> dict[int, dict]:
-    """Rows of an earlier run of the same command, by the index of the record they answer."""
-    if not out.is_file():
+    """Rows of an earlier run of the same command, by the index of the record they answer.
+
+    --out may only continue a file that `generate` wrote: anything else is the user's own file
+    and is refused untouched, never replaced."""
+    if not out.exists():
         return {}
     earlier: dict[str, list[dict]] = {}
-    for number, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the last line of a run killed while writing: that record is answered again
-        if not isinstance(row, dict) or "prediction" not in row:
-            raise DataError(f"{out}:{number}: not a prediction row; --out must be a file written by `lmtune generate`")
+    for row in _prediction_rows(out):
         earlier.setdefault(_key(row), []).append(row)
     found = {}
     for index, item in enumerate(items):
@@ -123,6 +120,33 @@ def _earlier_answers(out: Path, items: list[Item]) -> dict[int, dict]:
             "choose another --out, or delete the file to start over"
         )
     return found
+
+
+def _prediction_rows(out: Path) -> list[dict]:
+    """The rows of a prediction file. Only its last line may be cut off (a run killed while
+    writing): that record is answered again. Any other line that is not a prediction row means
+    the file is not ours."""
+    refuse = f"{out}: not a prediction file written by `lmtune generate`, so it is left as it is; choose another --out"
+    if not out.is_file():
+        raise DataError(f"{out}: is a folder; --out must be a .jsonl file")
+    try:
+        lines = out.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise DataError(f"{refuse} (it is not UTF-8 text)") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) and rows and line.startswith("{"):
+                break  # the half-written last line of an interrupted run
+            raise DataError(f"{refuse} (line {number} is not JSON)") from None
+        if not isinstance(row, dict) or "prediction" not in row:
+            raise DataError(f"{refuse} (line {number} has no 'prediction')")
+        rows.append(row)
+    return rows
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -24,10 +24,13 @@ class MarkComplete(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not args.should_save:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        tmp = folder / f".{MARKER}.tmp"
-        tmp.write_text(f"{state.global_step}\n", encoding="utf-8")
-        os.replace(tmp, folder / MARKER)  # atomic: the marker is there whole, or not at all
+        mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+
+
+def mark_complete(folder: Path, step: int) -> None:
+    tmp = folder / f".{MARKER}.tmp"
+    tmp.write_text(f"{step}\n", encoding="utf-8")
+    os.replace(tmp, folder / MARKER)  # atomic: the marker is there whole, or not at all
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:

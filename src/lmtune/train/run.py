@@ -31,8 +31,9 @@ from lmtune.templates.jinja import to_jinja
 from lmtune.templates.hf import template_for
 from lmtune.templates.template import Template, save_template
 from lmtune.train.callbacks import MetricsFile, ProgressLines, plot_loss
-from lmtune.train.checkpoints import MarkComplete, resume_point, step_of
+from lmtune.train.checkpoints import MarkComplete, mark_complete, resume_point, step_of
 from lmtune.train.guards import Guards
+from lmtune.train.outdir import claim
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def train(config: RunConfig) -> TrainResult:
     processes = PartialState(cpu=not torch.cuda.is_available())
     main = processes.is_main_process
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        claim(output_dir, config.train.resume, config.train.overwrite_output_dir)
         save_run_config(config, output_dir)  # written first, so even a failed run says what it was
 
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
@@ -77,9 +78,15 @@ def train(config: RunConfig) -> TrainResult:
 
     checkpoint = resume_point(output_dir, config.train.resume)
     if checkpoint:
-        log.info("resuming from %s", checkpoint)
+        log.info("resuming from %s (step %d)", checkpoint, step_of(checkpoint))
+    elif config.train.resume == "auto":
+        log.info("resume: auto found no complete checkpoint in %s; starting at step 1", output_dir)
     trainer = _build_trainer(config, model, tokenizer, data, checkpoint, main)
-    outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        _save_on_interrupt(trainer, output_dir, processes.num_processes > 1 or bool(config.train.deepspeed))
+        raise
 
     trainer.save_model(str(output_dir))  # writes on rank 0 only
     if not main:
@@ -91,6 +98,23 @@ def train(config: RunConfig) -> TrainResult:
     if initial is not None:
         verify_adapter(output_dir, initial)
     return TrainResult(output_dir, data.report, outcome.training_loss, plot_loss(output_dir))
+
+
+def _save_on_interrupt(trainer, output_dir: Path, distributed: bool) -> None:
+    """Ctrl-C: keep what was learned as a complete checkpoint that `resume: auto` continues from.
+    Several processes (or DeepSpeed) would have to save together, which an interrupt cannot promise."""
+    step = trainer.state.global_step
+    if step == 0:
+        log.warning("interrupted before the first step: nothing to save")
+    elif distributed:
+        log.warning(
+            "interrupted at step %d; nothing saved now (several processes cannot save together on an interrupt): "
+            "set train.save_strategy: steps and train.save_steps to keep checkpoints, then train.resume=auto", step
+        )
+    else:
+        trainer._save_checkpoint(trainer.model, trial=None)  # the Trainer's own save: weights, optimizer, RNG, state
+        mark_complete(output_dir / f"checkpoint-{step}", step)
+        log.warning("interrupted at step %d: saved %s; continue with train.resume=auto", step, output_dir / f"checkpoint-{step}")
 
 
 def _check_engines(config: RunConfig) -> None:

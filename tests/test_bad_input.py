@@ -1,0 +1,207 @@
+"""Bad input through the real CLI: one clear line naming the file, key or flag, exit status 2, no
+traceback, and every file the user already had byte-identical afterwards."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import RECORDS, lmtune
+
+
+@pytest.fixture
+def project(tmp_path, llama_dir):
+    (tmp_path / "good.json").write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    config = {
+        "model": {"path": str(llama_dir)},
+        "data": {"path": "good.json", "template": "alpaca", "cutoff_len": 64, "cache": False},
+        "train": {"output_dir": "out", "max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return tmp_path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes, but the run lock's (it names the last process that held it)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lmtune.lock"}
+
+
+def refused(result, *needles):
+    """Exit 2, no traceback, and the last line of stderr is the message, naming what it must."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+# ---------------------------------------------------------------- data lost or corrupted
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"my notes\nsecond line\n", b"one line, no newline", b"\x89PNG\r\n\x1a\n\x00\x00binary", b'{"id": 1}\n'],
+    ids=["text", "one-line", "binary", "json-not-predictions"],
+)
+def test_generate_never_replaces_a_file_it_did_not_write(full_run, tmp_path, content):
+    out = tmp_path / "notes.txt"
+    out.write_bytes(content)
+    result = lmtune("generate", "--adapter", full_run / "out", "--data", full_run / "train.json", "--out", out)
+    refused(result, str(out), "not a prediction file written by `lmtune generate`", "choose another --out")
+    assert out.read_bytes() == content
+
+
+def test_an_interrupted_prediction_file_is_continued(full_run, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    first = lmtune("generate", "--model", full_run / "out", "--data", full_run / "train.json", "--out", out)
+    assert first.returncode == 0, first.stderr
+    rows = out.read_text(encoding="utf-8").splitlines()
+    out.write_text("\n".join(rows[:2]) + "\n" + rows[2][:15], encoding="utf-8")  # killed while writing line 3
+    again = lmtune("generate", "--model", full_run / "out", "--data", full_run / "train.json", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(r)["prediction"] for r in out.read_text(encoding="utf-8").splitlines()] == [json.loads(r)["prediction"] for r in rows]
+
+
+def test_a_code_page_is_never_guessed_when_candidates_read_different_letters(project):
+    latin1 = project / "fr.jsonl"
+    latin1.write_bytes(json.dumps({"instruction": "Dessert ?", "output": "Crème brûlée et café."}, ensure_ascii=False).encode("latin-1") + b"\n")
+    before = snapshot(project)
+    result = lmtune("train", "run.yaml", "data.path=fr.jsonl", cwd=project)
+    message = refused(result, str(latin1), "the text encoding is ambiguous", "cp1252 reads 'Crème'", "set data.encoding")
+    assert "cp1250 reads 'Crčme'" in message
+    assert snapshot(project) == {**before, **{k: v for k, v in snapshot(project).items() if k.startswith("out/")}}
+    named = lmtune("data", "convert", "fr.jsonl", "--to", "sharegpt", "--out", "fr.sharegpt.jsonl", cwd=project)
+    assert named.returncode == 2  # the data commands refuse it alike
+
+
+def test_declared_encoding_reads_the_file(project):
+    latin1 = project / "fr.jsonl"
+    latin1.write_bytes(json.dumps({"instruction": "Dessert ?", "output": "Crème brûlée."}, ensure_ascii=False).encode("cp1252") + b"\n")
+    from lmtune.config import DataConfig
+    from lmtune.data.load import load_data
+
+    loaded = load_data(DataConfig(path=[str(latin1)], encoding="cp1252"))
+    assert loaded.train[0].turns[-1].content == "Crème brûlée."
+    assert loaded.report.files[str(latin1)].encoding == "cp1252"
+
+
+def test_a_jsonl_mixing_encodings_names_the_first_line_that_does_not_fit(project):
+    mixed = project / "mixed.jsonl"
+    lines = [json.dumps({"instruction": "问题", "output": "答案"}, ensure_ascii=False) + "\n"] * 3
+    mixed.write_bytes(lines[0].encode("utf-8") + b'{"instruction": "a", "output": "b"}\n' + lines[1].encode("gbk") + lines[2].encode("utf-8"))
+    result = lmtune("train", "run.yaml", "data.path=mixed.jsonl", cwd=project)
+    refused(result, f"{mixed}:3: this line is not UTF-8, while line 1 is: the file mixes text encodings")
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(project):
+    first = subprocess.Popen(
+        [sys.executable, "-m", "lmtune", "train", "run.yaml", "train.max_steps=400"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lock = project / "out" / ".lmtune.lock"
+        deadline = time.time() + 120
+        while not (lock.is_file() and lock.read_text()) and time.time() < deadline:
+            time.sleep(0.2)
+        second = lmtune("train", "run.yaml", cwd=project)
+        refused(second, f"another lmtune train (process {first.pid}) is writing to {project / 'out'}")
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite(project):
+    assert lmtune("train", "run.yaml", cwd=project).returncode == 0
+    adapter = snapshot(project / "out")
+    again = lmtune("train", "run.yaml", cwd=project)
+    refused(again, "already holds an earlier run (adapter_model.safetensors)", "--overwrite")
+    assert snapshot(project / "out") == adapter
+    replaced = lmtune("train", "run.yaml", "--overwrite", "train.seed=7", cwd=project)
+    assert replaced.returncode == 0, replaced.stderr
+    assert snapshot(project / "out")["adapter_model.safetensors"] != adapter["adapter_model.safetensors"]
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(project):
+    run = subprocess.Popen(
+        [sys.executable, "-m", "lmtune", "train", "run.yaml", "train.max_steps=100000"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    metrics = project / "out" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr[-2000:]
+    saved = sorted((project / "out").glob("checkpoint-*"))
+    assert len(saved) == 1 and (saved[0] / "COMPLETE").is_file()
+    step = int(saved[0].name.split("-")[1])
+    assert f"interrupted at step {step}: saved out/{saved[0].name}; continue with train.resume=auto" in stderr
+    resumed = lmtune("train", "run.yaml", "train.resume=auto", f"train.max_steps={step + 1}", cwd=project)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from out/{saved[0].name} (step {step})" in resumed.stderr
+
+
+def test_resume_auto_says_when_it_found_nothing(project):
+    result = lmtune("train", "run.yaml", "train.resume=auto", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "resume: auto found no complete checkpoint in out; starting at step 1" in result.stderr
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_eval_counts_must_be_positive(full_run, limit):
+    result = lmtune("eval", "--model", full_run / "out", "--data", full_run / "train.json", "--max-samples", limit)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--max-samples" in result.stderr and "x>=1" in result.stderr
+
+
+def test_eval_of_an_empty_dev_set_reports_no_score(full_run, tmp_path):
+    empty = tmp_path / "dev.json"
+    empty.write_text("[]", encoding="utf-8")
+    result = lmtune("eval", "--model", full_run / "out", "--data", empty)
+    refused(result, "nothing to evaluate", "holds no records")
+
+
+# ---------------------------------------------------------------- config values
+
+
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("train.per_device_train_batch_size=0", "train.per_device_train_batch_size: must be at least 1 (got 0)"),
+        ("train.weight_decay=abc", "train.weight_decay: Input should be a valid number"),
+        ("train.gradient_accumulation_steps=two", "train.gradient_accumulation_steps: Input should be a valid integer"),
+    ],
+)
+def test_train_values_are_checked_with_every_other_problem(project, override, problem):
+    result = lmtune("train", "run.yaml", override, "data.cutof_len=3", cwd=project)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "2 problem(s)" in result.stderr and problem in result.stderr and "data.cutof_len: unknown key" in result.stderr
+
+
+def test_yaml_no_is_the_string_no(project):
+    config = yaml.safe_load((project / "run.yaml").read_text())
+    (project / "run.yaml").write_text(yaml.safe_dump(config) + "", encoding="utf-8")
+    text = (project / "run.yaml").read_text().replace("output_dir: out", "output_dir: out\n  save_strategy: no\n  eval_strategy: no")
+    (project / "run.yaml").write_text(text, encoding="utf-8")
+    result = lmtune("train", "run.yaml", cwd=project)
+    assert result.returncode == 0, result.stderr
+
+
+def test_output_dir_that_is_a_file(project):
+    (project / "out").write_text("not a folder", encoding="utf-8")
+    refused(lmtune("train", "run.yaml", cwd=project), "train.output_dir: out is a file, not a folder")
+    assert (project / "out").read_text() == "not a folder"
+
+
+def test_output_dir_that_cannot_be_created(project):
+    before = snapshot(project)
+    result = lmtune("train", "run.yaml", "train.output_dir=good.json/out", cwd=project)
+    refused(result, "train.output_dir: cannot write to good.json/out (Not a directory)")
+    assert snapshot(project) == before
