@@ -205,3 +205,36 @@ def test_output_dir_that_cannot_be_created(project):
     result = lmtune("train", "run.yaml", "train.output_dir=good.json/out", cwd=project)
     refused(result, "train.output_dir: cannot write to good.json/out (Not a directory)")
     assert snapshot(project) == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "run.yaml", "cutoff_len=32"], "error: override 'cutoff_len=32': name the section too, e.g. data.cutoff_len=32"),
+        (["train", "run.yaml", "data.path=[a"], "error: override 'data.path=[a': the value is not valid YAML"),
+        (["train", "binary.yaml"], "error: binary.yaml: not a text file (not UTF-8); a run config is YAML or JSON"),
+        (["train", "run.yaml", "data.val_size=3.5"], "  - data.val_size: 3.5 is neither a share (< 1) nor a whole count of records"),
+        (["train", "run.yaml", "--nproc", "0"], "Invalid value for '--nproc'"),
+        (["data", "split", "good.json", "--val-size", "-1", "--out-dir", "split"], "error: --val-size must be ≥ 0.0 (got -1.0)"),
+        (
+            ["data", "filter", "good.json", "--language", "fr", "--dedup", "nearly", "--out", "f.jsonl"],
+            "error: --language: choose one of zh, en (got 'fr'); --dedup: choose one of none, exact, near (got 'nearly')",
+        ),
+        (["chat", "--model", "nowhere", "--temperature", "-1"], "error: --temperature must be ≥ 0.0 (got -1.0)"),
+        (["generate", "--model", "nowhere", "--data", "good.json", "--out", "p.jsonl", "--top-p", "2"], "error: --top-p must be ≤ 1.0 (got 2.0)"),
+    ],
+)
+def test_flags_and_config_values_get_one_line_naming_them(project, args, message):
+    (project / "binary.yaml").write_bytes(b"\x00\x01\xff\xfe\x89PNG")
+    before = snapshot(project)
+    result = lmtune(*args, cwd=project)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "pydantic" not in result.stderr
+    assert message in result.stderr
+    assert snapshot(project) == before
+
+
+def test_a_chinese_output_folder_plots_without_glyph_warnings(project):
+    result = lmtune("train", "run.yaml", "train.output_dir=运行结果", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert (project / "运行结果" / "loss.png").is_file()
+    assert "missing from" not in result.stderr and "Glyph" not in result.stderr

@@ -146,7 +146,7 @@ def templates_show(
     out = Console()
     out.print(f"[bold]{name}[/]: {escape(template.description)}  (trained spans highlighted; <s>/</s> stand for BOS/EOS)\n")
     out.print(text, highlight=False)
-    out.print(f"\nanswers end with: {template.end_token()}   extra stop strings: {list(template.stop) or 'none'}", markup=False)
+    out.print(f"\nanswers end with: {' or '.join(template.end_tokens())}   extra stop strings: {list(template.stop) or 'none'}", markup=False)
 
 
 @app.command()
@@ -193,7 +193,7 @@ def main() -> None:
     except LmtuneError as exc:
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

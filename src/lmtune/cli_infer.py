@@ -55,7 +55,9 @@ def sampling_options(command):
 
 def load(model, adapter, template, sampling: dict, defaults: dict | None = None, quantize: int | None = None):
     """The engine, with the run's generate settings under the command-line ones."""
-    from lmtune.config import GenerateConfig, load_run_config
+    from pydantic import ValidationError
+
+    from lmtune.config import GenerateConfig, flag_problems, load_run_config
     from lmtune.infer.engine import load_engine
 
     if not (model or adapter):
@@ -64,8 +66,8 @@ def load(model, adapter, template, sampling: dict, defaults: dict | None = None,
     settings = (run.generate if run else GenerateConfig()).model_dump()
     try:
         settings = GenerateConfig.model_validate({**settings, **(defaults or {}), **sampling})
-    except ValueError as exc:
-        raise LmtuneError(" ".join(str(exc).split())) from None
+    except ValidationError as exc:
+        raise LmtuneError(flag_problems(exc)) from None
     if quantize not in (None, 4, 8):
         raise LmtuneError(f"--quantize {quantize}: choose 4 or 8 (bits)")
     return load_engine(model, adapter, template, settings, quantize)

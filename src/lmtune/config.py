@@ -82,6 +82,13 @@ class DataConfig(Section):
         None, description="Per dataset (name or file stem): a share of the mixture (< 1) or a record count (>= 1)."
     )
     val_size: float = Field(0, ge=0, description="Dev split held out: a share (< 1) or a record count (>= 1).")
+
+    @field_validator("val_size")
+    @classmethod
+    def _whole_count(cls, value: float) -> float:
+        if value >= 1 and not float(value).is_integer():
+            raise ValueError(f"{value} is neither a share (< 1) nor a whole count of records")
+        return value
     filters: FiltersConfig = Field(default_factory=FiltersConfig, description="Optional filters, each counted.")
     packing: bool = Field(False, description="Pack several samples per row, attention kept within each (no padding).")
     cache: bool = Field(True, description="Reuse encoded data from an earlier run with the same inputs.")
@@ -274,7 +281,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a run config is YAML or JSON") from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Loader)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
@@ -291,12 +301,22 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.learning_rate=1e-4")
     *parents, leaf = key.split(".")
+    if not parents:
+        hint = next((f"{name}.{key}" for name in _SECTIONS if key in _SECTIONS[name].model_fields), None)
+        raise ConfigError(f"override '{item}': name the section too" + (f", e.g. {hint}={value}" if hint else ", e.g. train.learning_rate=1e-4"))
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{item}': '{part}' is not a section")
-    node[leaf] = parse_value(value)
+    try:
+        node[leaf] = parse_value(value)
+    except yaml.YAMLError as exc:
+        reason = getattr(exc, "problem", None) or _one_line(exc)
+        raise ConfigError(f"override '{item}': the value is not valid YAML ({reason}); quote it") from None
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "finetune": FinetuneConfig, "train": TrainConfig, "generate": GenerateConfig}
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
@@ -400,6 +420,30 @@ def training_argument_names() -> frozenset[str]:
     from transformers import TrainingArguments
 
     return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+_BOUNDS = {"greater_than_equal": ("ge", "≥"), "greater_than": ("gt", ">"), "less_than_equal": ("le", "≤"), "less_than": ("lt", "<")}
+
+
+def flag_problems(exc: ValidationError, flags: dict[str, str] | None = None) -> str:
+    """A config model built from command-line flags: its problems named by flag
+    ("--temperature must be ≥ 0 (got -1.0)"), not as a pydantic dump."""
+    problems = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        flag = (flags or {}).get(field, "--" + field.replace("_", "-"))
+        got = f" (got {err.get('input')!r})"
+        if err["type"] in _BOUNDS:
+            key, sign = _BOUNDS[err["type"]]
+            problems.append(f"{flag} must be {sign} {err['ctx'][key]}{got}")
+        elif err["type"] == "literal_error":
+            options = re.findall(r"'([^']*)'", err["ctx"]["expected"])
+            problems.append(f"{flag}: choose one of {', '.join(options)}{got}")
+        elif err["type"] == "value_error":
+            problems.append(f"{flag}: {err['ctx']['error']}")
+        else:
+            problems.append(f"{flag}: {err['msg']}{got}")
+    return "; ".join(problems)
 
 
 def _closest(key: str, candidates: list[str] | set[str]) -> str | None:

@@ -148,7 +148,7 @@ def plot_loss(output_dir: Path) -> Path | None:
         ax.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="dev loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(Path(output_dir).name)
+    _set_title(ax, Path(output_dir).name)
     ax.grid(alpha=0.3)
     ax.legend()
     path = Path(output_dir) / LOSS_PLOT
@@ -156,3 +156,21 @@ def plot_loss(output_dir: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# Fonts that carry CJK glyphs, as Debian, macOS and Windows name them. Without one, matplotlib
+# prints a missing-glyph warning per character and draws boxes, so such a title is left out.
+_CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Source Han Sans SC",
+              "PingFang SC", "Microsoft YaHei", "SimHei", "AR PL UMing CN")
+
+
+def _set_title(ax, title: str) -> None:
+    if title.isascii():
+        ax.set_title(title)
+        return
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    family = next((name for name in _CJK_FONTS if name in installed), None)
+    if family:
+        ax.set_title(title, fontfamily=family)
