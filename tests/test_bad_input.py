@@ -221,11 +221,18 @@ def test_output_dir_that_cannot_be_created(project):
             "error: --language: choose one of zh, en (got 'fr'); --dedup: choose one of none, exact, near (got 'nearly')",
         ),
         (["chat", "--model", "nowhere", "--temperature", "-1"], "error: --temperature must be ≥ 0.0 (got -1.0)"),
+        (["data", "mix", "good.json=-5", "--out", "m.jsonl"], "error: FILE=SHARE|COUNT: good=-5.0: each dataset needs a share or count above 0"),
+        (["tokenizer", "extend", "--base", "m", "--corpus", "good.json", "--add", "0", "--out", "x"], "Invalid value for '--add'"),
+        (
+            ["tokenizer", "extend", "--base", "m", "--corpus", "empty.txt", "--add", "5", "--out", "x"],
+            "error: --corpus empty.txt: no text to learn tokens from",
+        ),
         (["generate", "--model", "nowhere", "--data", "good.json", "--out", "p.jsonl", "--top-p", "2"], "error: --top-p must be ≤ 1.0 (got 2.0)"),
     ],
 )
 def test_flags_and_config_values_get_one_line_naming_them(project, args, message):
     (project / "binary.yaml").write_bytes(b"\x00\x01\xff\xfe\x89PNG")
+    (project / "empty.txt").write_text("", encoding="utf-8")
     before = snapshot(project)
     result = lmtune(*args, cwd=project)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "pydantic" not in result.stderr

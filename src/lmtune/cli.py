@@ -92,7 +92,7 @@ app.add_typer(tokenizer_app, name="tokenizer")
 def tokenizer_extend(
     base: str = typer.Option(..., "--base", help="Model folder whose tokenizer and embeddings grow."),
     corpus: list[str] = typer.Option(..., "--corpus", help="Text or data files (repeatable)."),
-    add: int = typer.Option(..., "--add", help="How many new tokens to add."),
+    add: int = typer.Option(..., "--add", min=1, help="How many new tokens to add."),
     out: Path = typer.Option(..., "--out", help="Folder for the extended model and tokenizer."),
 ):
     """Add the corpus's most frequent missing tokens; new embeddings start at the mean of the old."""

@@ -83,6 +83,14 @@ class DataConfig(Section):
     )
     val_size: float = Field(0, ge=0, description="Dev split held out: a share (< 1) or a record count (>= 1).")
 
+    @field_validator("mix")
+    @classmethod
+    def _positive_mix(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
+        for name, value in (mix or {}).items():
+            if not value > 0:
+                raise ValueError(f"{name}={value}: each dataset needs a share or count above 0 (leave a dataset out to drop it)")
+        return mix
+
     @field_validator("val_size")
     @classmethod
     def _whole_count(cls, value: float) -> float:

@@ -18,7 +18,7 @@ import torch
 from lmtune.config import DataConfig
 from lmtune.data.filters import conversation_text
 from lmtune.data.load import load_data
-from lmtune.errors import LmtuneError
+from lmtune.errors import DataError, LmtuneError
 from lmtune.model.load import load_model, load_tokenizer
 
 
@@ -49,7 +49,10 @@ def extend_vocabulary(base: str, corpus: list[str], add: int, out: Path) -> Exte
 
 def corpus_texts(files: list[str]) -> list[str]:
     """Every record's text, from any data file lmtune reads (.txt files are text records)."""
-    loaded = load_data(DataConfig(path=files, on_error="skip", cache=False))
+    try:
+        loaded = load_data(DataConfig(path=files, on_error="skip", cache=False))
+    except DataError as exc:
+        raise DataError(f"--corpus {' '.join(files)}: no text to learn tokens from ({exc})") from None
     return [conversation_text(conv) for conv in loaded.train]
 
 
