@@ -140,6 +140,8 @@ def test_unknown_keys_and_unknown_format_names():
 # ---------------------------------------------------------------- every RecordError reason, once
 
 SHAREGPT_QA = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
+USER_Q = {"role": "user", "content": "Weather in Paris?"}
+CALL = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
 
 
 @pytest.mark.parametrize(
@@ -174,9 +176,35 @@ SHAREGPT_QA = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
         ({"instruction": "Human:q\nHuman:again\nAssistant:", "output": "a"}, "belle_multiturn",
          "'instruction' turn 2: wrong role order: user after user; expected assistant or function"),
         ({"text": "  "}, "text", "'text' is empty"),
+        ({"conversations": SHAREGPT_QA, "tools": '[{"name": "f",}]'}, "sharegpt",
+         "'tools' is not valid JSON: Expecting property name enclosed in double quotes (column 15)"),
+        ({"conversations": SHAREGPT_QA, "tools": [{"description": "no name"}]}, "sharegpt",
+         "'tools[0]' must be a tool definition with a 'name' (or OpenAI's {\"type\": \"function\", \"function\": "
+         "{\"name\": …}}), got {\"description\": \"no name\"}"),
+        ({"messages": [USER_Q, {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]}]}, "messages",
+         "'messages[1]': text and tool calls in one message; a function turn holds the calls alone, so the text would "
+         "be lost: move it to a message of its own"),
+        ({"messages": [USER_Q, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{1}"}}]}]},
+         "messages", "'messages[1].tool_calls[0].function.arguments' is not valid JSON: Expecting property name "
+         "enclosed in double quotes (column 2)"),
+        ({"messages": [USER_Q, {"role": "assistant", "tool_calls": [{"name": "f"}]}]}, "messages",
+         "'messages[1].tool_calls[0]' must be {\"function\": {\"name\", \"arguments\"}}, got {\"name\": \"f\"}"),
     ],
 )
 def test_bad_records_are_explained(record, fmt, reason):
     with pytest.raises(RecordError) as err:
         to_conversation(record, fmt)
     assert str(err.value) == reason
+
+
+def test_tool_calls_become_function_turns_and_unused_fields_are_named():
+    record = {"messages": [
+        USER_Q, {"role": "assistant", "content": None, "function_call": {"name": "weather", "arguments": '{"city": "Paris"}'}},
+        {"role": "tool", "content": "20", "name": "weather"}, {"role": "assistant", "content": "20 °C.", "weight": 0},
+    ], "tools": {"name": "weather"}, "id": "x"}
+    ignored = []
+    conv = to_conversation(record, "messages", ignored=ignored)
+    assert conv.turns[1] == Turn(FUNCTION, '{"name": "weather", "arguments": {"city": "Paris"}}')
+    assert conv.tools == [{"name": "weather"}]  # a lone definition is a list of one
+    assert ignored == ["id", "messages[].name", "messages[].weight"]
+    assert to_conversation({**record, "tools": ""}, "messages").tools is None

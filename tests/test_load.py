@@ -75,10 +75,10 @@ def test_registry_with_renamed_columns_and_tags(tmp_path):
 
 
 def test_registry_errors_say_what_is_there(tmp_path):
-    (tmp_path / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "a.json"}, "b": {"hf_hub_url": "org/b"}}))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "a.json"}, "b": {"ms_hub_url": "org/b"}}))
     with pytest.raises(DataError, match=r"dataset 'c' is not in .*dataset_info.json \(it has: a, b\)"):
         load_data(DataConfig(dataset=["c"], dataset_dir=str(tmp_path)))
-    with pytest.raises(DataError, match=r"dataset 'b' .* is remote \(hf_hub_url\); lmtune reads local files only"):
+    with pytest.raises(DataError, match=r"dataset 'b' .* is read from ModelScope \(ms_hub_url\); lmtune reads local files and Hugging Face"):
         load_data(DataConfig(dataset=["b"], dataset_dir=str(tmp_path)))
 
 

@@ -151,13 +151,15 @@ def test_streaming_jsonl_is_lazy_and_reads_the_same_records(tmp_path, monkeypatc
     assert list(lazy) == whole and len(whole) == 50
 
 
-def test_txt_is_one_record_or_with_streaming_one_per_paragraph(tmp_path):
+def test_txt_is_one_record_or_one_per_line_and_streaming_changes_neither(tmp_path):
     path = tmp_path / "book.txt"
     path.write_text("第一段，\n第一段的第二行。\n\n  \n第二段。\n", encoding="utf-8")
-    assert [(r.line, r.record) for r in records(path)] == [(1, {"text": "第一段，\n第一段的第二行。\n\n  \n第二段。\n"})]
-    assert [(r.line, r.record) for r in records(path, streaming=True)] == [
-        (1, {"text": "第一段，\n第一段的第二行。"}), (5, {"text": "第二段。"}),
-    ]
+    for streaming in (False, True):
+        assert [(r.line, r.record) for r in records(path, streaming)] == [(1, {"text": "第一段，\n第一段的第二行。\n\n  \n第二段。\n"})]
+        lines = list(open_records(path, streaming=streaming, txt_lines=True)[1])
+        assert [(r.line, r.record) for r in lines] == [
+            (1, {"text": "第一段，"}), (2, {"text": "第一段的第二行。"}), (5, {"text": "第二段。"}),
+        ]
 
 
 def test_csv_rows_with_physical_line_numbers(tmp_path):

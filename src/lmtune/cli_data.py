@@ -75,6 +75,9 @@ def inspect(
             table.add_row(f"tokens with {template}", ", ".join(f"p{p} {n}" for p, n in s.token_lengths.items()).replace("p100", "max"))
         total = sum(s.languages.values()) or 1
         table.add_row("languages", ", ".join(f"{lang} {100 * n / total:.0f}%" for lang, n in s.languages.most_common()))
+        for label, counts in (("ignored fields", s.ignored), ("media dropped", s.media_dropped)):
+            if counts:
+                table.add_row(label, ", ".join(f"{name} ({n})" for name, n in counts.most_common()))
         for row in s.rejected[:3]:
             table.add_row("[red]rejected[/]", f"{row['source']}: {row['reason']}")
         for conv in s.examples:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from lmtune.data.formats import MESSAGES_TAGS, SHAREGPT_TAGS
 from lmtune.data.records import ASSISTANT, FUNCTION, OBSERVATION, USER, Conversation, Turn
 from lmtune.errors import RecordError
@@ -20,14 +22,18 @@ MESSAGES_ROLE = _role_names(MESSAGES_TAGS)
 
 def from_conversation(conv: Conversation, target: str) -> dict:
     if target == "alpaca":
-        return _alpaca(conv)
-    if target == "sharegpt":
+        record = _alpaca(conv)
+    elif target == "sharegpt":
         record = {"conversations": [{"from": SHAREGPT_FROM[t.role], "value": _text(t)} for t in conv.turns]}
-        return {**record, "system": conv.system} if conv.system else record
-    if target == "messages":
+        record = {**record, "system": conv.system} if conv.system else record
+    elif target == "messages":
         system = [{"role": "system", "content": conv.system}] if conv.system else []
-        return {"messages": system + [{"role": MESSAGES_ROLE[t.role], "content": _text(t)} for t in conv.turns]}
-    raise ValueError(f"unknown target format {target!r}")
+        record = {"messages": system + [{"role": MESSAGES_ROLE[t.role], "content": _text(t)} for t in conv.turns]}
+    else:
+        raise ValueError(f"unknown target format {target!r}")
+    if conv.tools:  # OpenAI's list; LLaMA-Factory's alpaca and sharegpt keep it as one JSON string
+        record["tools"] = conv.tools if target == "messages" else json.dumps(conv.tools, ensure_ascii=False)
+    return record
 
 
 def _alpaca(conv: Conversation) -> dict:

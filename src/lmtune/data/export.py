@@ -15,8 +15,7 @@ from pathlib import Path
 from lmtune.config import DataConfig
 from lmtune.data.convert import from_conversation
 from lmtune.data.encode import Encoder
-from lmtune.data.load import LoadReport, load_data
-from lmtune.data.readers import open_records
+from lmtune.data.load import LoadReport, load_data, open_sources
 from lmtune.data.records import Conversation
 from lmtune.data.registry import resolve_datasets
 from lmtune.errors import RecordError
@@ -82,11 +81,10 @@ def encode(data: DataConfig, encoder: Encoder, out: Path, seed: int = 42) -> Wri
 def _originals(data: DataConfig, wanted: set[tuple[str, int]]):
     """Re-read the files and yield ((file, index), record) for the wanted records, untouched."""
     for spec in resolve_datasets(data):
-        for path in spec.files:
-            _, records = open_records(path, streaming=data.streaming)
+        for source, _, records in open_sources(spec, data):
             for index, raw in enumerate(records):
-                if (str(path), index) in wanted:
-                    yield (str(path), index), raw.record
+                if (source, index) in wanted:
+                    yield (source, index), raw.record
 
 
 def _finish(files: dict[str, int], report: LoadReport, folder: Path) -> Written:

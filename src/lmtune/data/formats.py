@@ -3,11 +3,13 @@
 One small function per format. Every problem is a RecordError whose message is the reason
 alone ("'output': empty assistant response"); the caller prefixes "FILE:LINE: " and decides
 whether to stop or set the record aside. Column and tag renames follow LLaMA-Factory's
-dataset_info.json, so its registry entries work unchanged.
+dataset_info.json, so its registry entries work unchanged. Given a list as `ignored`, the
+converter also names every field of the record it did not use, so the loader can count them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -17,18 +19,21 @@ from lmtune.errors import DataError, RecordError
 FORMATS = ("alpaca", "sharegpt", "messages", "moss", "firefly", "belle_multiturn", "text")
 SYSTEM = "system"  # a message role that becomes Conversation.system, never a Turn
 
-# LLaMA-Factory's defaults; a dataset's `columns` / `tags` override them key by key.
+# LLaMA-Factory's defaults; a dataset's `columns` / `tags` override them key by key. (Its
+# history, system and tools columns have no default; reading them when present loses nothing.)
 ALPACA_COLUMNS = {
     "prompt": "instruction", "query": "input", "response": "output", "history": "history", "system": "system",
+    "tools": "tools",
 }
-SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system"}
+SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools"}
 SHAREGPT_TAGS = {
     "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
     "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
 }
-MESSAGES_COLUMNS = {"messages": "messages", "system": "system"}
+MESSAGES_COLUMNS = {"messages": "messages", "system": "system", "tools": "tools"}
+TEXT_COLUMNS = {"prompt": "text"}  # pre-training text sits in LLaMA-Factory's prompt column
 # OpenAI's "tool" messages carry a tool's result. OpenAI has no role for the call itself (it rides
-# on an assistant message as `tool_calls`, not read here); lmtune writes calls as role "function".
+# on an assistant message as `tool_calls`, read as a function turn); lmtune writes calls as role "function".
 MESSAGES_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                  "observation_tag": "tool", "function_tag": "function", "system_tag": "system"}
 
@@ -40,8 +45,9 @@ _EXPECTED = ("alpaca (instruction, output), sharegpt (conversations), messages (
 
 # After an optional system prompt: user, assistant, user, assistant, … where an assistant answer
 # may be a function call followed by its observation and then the answer (LLaMA-Factory's rule).
+# Parallel calls (one function turn) are answered by one observation per call, in order.
 _NEXT_ROLES = {None: (USER,), USER: (ASSISTANT, FUNCTION), ASSISTANT: (USER,),
-               FUNCTION: (OBSERVATION,), OBSERVATION: (ASSISTANT, FUNCTION)}
+               FUNCTION: (OBSERVATION,), OBSERVATION: (ASSISTANT, FUNCTION, OBSERVATION)}
 _LAST_ROLES = (ASSISTANT, FUNCTION)
 
 _BELLE_SPEAKER = re.compile(r"^(Human|Assistant)[:：]", re.MULTILINE)
@@ -60,37 +66,54 @@ def detect_format(record: dict[str, Any]) -> str:
     raise RecordError(f"cannot tell the data format from keys ({keys}); expected one of: {_EXPECTED}")
 
 
+_DEFAULT_COLUMNS = {"alpaca": ALPACA_COLUMNS, "belle_multiturn": ALPACA_COLUMNS, "sharegpt": SHAREGPT_COLUMNS,
+                    "messages": MESSAGES_COLUMNS, "text": TEXT_COLUMNS, "moss": {}, "firefly": {}}
+_DEFAULT_TAGS = {"sharegpt": SHAREGPT_TAGS, "messages": MESSAGES_TAGS}
+# The record's own fields each format reads (columns by their role, or fixed names).
+_USED_COLUMNS = {"alpaca": ("prompt", "query", "response", "history", "system", "tools"),
+                 "sharegpt": ("messages", "system", "tools"), "text": ("prompt",)}
+_USED_COLUMNS.update({"belle_multiturn": _USED_COLUMNS["alpaca"], "messages": _USED_COLUMNS["sharegpt"]})
+_USED_FIELDS = {"moss": ("chat", "meta_instruction"), "firefly": ("conversation", "system")}
+
+
 def to_conversation(
     record: dict[str, Any],
     fmt: str,
     columns: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
     prompt_only: bool = False,
+    ignored: list[str] | None = None,
 ) -> Conversation:
     """prompt_only: for generation, where the answer may be missing or empty and the conversation
-    may end with the user's turn."""
-    columns, tags = columns or {}, tags or {}
+    may end with the user's turn. ignored: gets the names of the fields the conversion left unused
+    (nested ones as "conversations[].weight")."""
+    if fmt not in _DEFAULT_COLUMNS:
+        # Not a RecordError: a wrong format name is a config problem, not one record's.
+        raise DataError(f"unknown data format '{fmt}'; known: {', '.join(FORMATS)}")
+    columns, tags = {**_DEFAULT_COLUMNS[fmt], **(columns or {})}, {**_DEFAULT_TAGS.get(fmt, {}), **(tags or {})}
     if fmt == "text":
-        return _text(record)
-    if fmt in ("alpaca", "belle_multiturn"):
-        columns = {**ALPACA_COLUMNS, **columns}
-        if prompt_only:
+        conv = _text(record, columns["prompt"])
+    else:
+        if prompt_only and fmt in ("alpaca", "belle_multiturn"):
             record = {**record, columns["response"]: record.get(columns["response"]) or ""}
-    converters = {
-        "alpaca": lambda: _alpaca(record, columns),
-        "belle_multiturn": lambda: _belle_multiturn(record, columns),
-        "sharegpt": lambda: _chat(record, fmt, {**SHAREGPT_COLUMNS, **columns}, {**SHAREGPT_TAGS, **tags}),
-        "messages": lambda: _chat(record, fmt, {**MESSAGES_COLUMNS, **columns}, {**MESSAGES_TAGS, **tags}),
-        "moss": lambda: _moss(record),
-        "firefly": lambda: _firefly(record),
-    }
-    if fmt in converters:
-        turns, system, field = converters[fmt]()
+        turns, system, field = _convert(record, fmt, columns, tags)
         if prompt_only and turns and turns[-1][1].role == ASSISTANT and not turns[-1][1].content.strip():
             turns = turns[:-1]
-        return _validated(turns, system, field, prompt_only)
-    # Not a RecordError: a wrong format name is a config problem, not one record's.
-    raise DataError(f"unknown data format '{fmt}'; known: {', '.join(FORMATS)}")
+        conv = _validated(turns, system, field, prompt_only)
+        conv.tools = _tools(record, columns.get("tools"))
+    if ignored is not None:
+        ignored += _unused(record, fmt, columns, tags)
+    return conv
+
+
+def _convert(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: dict[str, str]) -> Extracted:
+    if fmt == "alpaca":
+        return _alpaca(record, columns)
+    if fmt == "belle_multiturn":
+        return _belle_multiturn(record, columns)
+    if fmt in ("sharegpt", "messages"):
+        return _chat(record, fmt, columns, tags)
+    return _moss(record) if fmt == "moss" else _firefly(record)
 
 
 # ---------------------------------------------------------------- formats
@@ -161,10 +184,14 @@ def _chat(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: dict[
         label = f"'{field}[{i}]'"
         if not isinstance(message, dict):
             raise RecordError(f"{label} must be an object with {shape}, got {type_name(message)}")
-        _require(message, (role_tag, content_tag), f"every message needs {shape}", label)
+        _require(message, (role_tag,), f"every message needs {shape}", label)
         role = roles.get(message[role_tag]) if isinstance(message[role_tag], str) else None
         if role is None:
             raise RecordError(f"{label}: unknown role {message[role_tag]!r} in '{role_tag}'; known: {', '.join(roles)}")
+        if role in (ASSISTANT, FUNCTION) and _calls(message):
+            turns.append((label, Turn(FUNCTION, _function_call(message, content_tag, f"{field}[{i}]"))))
+            continue
+        _require(message, (content_tag,), f"every message needs {shape}", label)
         content = _content(message[content_tag], f"'{field}[{i}].{content_tag}'")
         if role == SYSTEM:
             if i > 0:
@@ -173,6 +200,78 @@ def _chat(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: dict[
         else:
             turns.append((label, Turn(role, content)))
     return turns, system, field
+
+
+def _calls(message: dict[str, Any]) -> list | None:
+    """OpenAI's tool calls of an assistant message (`tool_calls`, or the older single `function_call`)."""
+    if message.get("tool_calls"):
+        return message["tool_calls"]
+    return [{"function": message["function_call"]}] if message.get("function_call") else None
+
+
+def _function_call(message: dict[str, Any], content_tag: str, where: str) -> str:
+    """LLaMA-Factory's function-turn layout: {"name", "arguments": {…}} as JSON, a list of them for
+    parallel calls. A function turn holds the calls alone, so text beside them would be lost."""
+    if message.get(content_tag) not in (None, ""):
+        raise RecordError(f"'{where}': text and tool calls in one message; a function turn holds the calls alone, "
+                          "so the text would be lost: move it to a message of its own")
+    calls = _calls(message)
+    if not isinstance(calls, list):
+        raise RecordError(f"'{where}.tool_calls' must be a list of calls, got {type_name(calls)}")
+    parsed = [_tool_call(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(calls)]
+    return json.dumps(parsed[0] if len(parsed) == 1 else parsed, ensure_ascii=False)
+
+
+def _tool_call(call: Any, label: str) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+        raise RecordError(f"'{label}' must be {{\"function\": {{\"name\", \"arguments\"}}}}, got {_short(call)}")
+    arguments = function.get("arguments") or {}
+    if isinstance(arguments, str):  # OpenAI sends the arguments as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"'{label}.function.arguments' is not valid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(arguments, dict):
+        raise RecordError(f"'{label}.function.arguments' must be an object, got {type_name(arguments)}")
+    return {"name": function["name"], "arguments": arguments}
+
+
+def _tools(record: dict[str, Any], column: str | None) -> list[dict] | None:
+    """Tool definitions: a list of function schemas, or that list as a JSON string (LLaMA-Factory
+    keeps them as one); a lone schema counts as a list of one. Empty or absent: no tools."""
+    value = record.get(column) if column else None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"'{column}' is not valid JSON: {exc.msg} (column {exc.colno})") from None
+    if value is None or (isinstance(value, (list, dict)) and not value):
+        return None
+    tools = [value] if isinstance(value, dict) else value
+    if not isinstance(tools, list):
+        raise RecordError(f"'{column}' must be a list of tool definitions, got {type_name(tools)}")
+    for i, tool in enumerate(tools):
+        if not _is_tool(tool):
+            raise RecordError(
+                f"'{column}[{i}]' must be a tool definition with a 'name' (or OpenAI's "
+                f'{{"type": "function", "function": {{"name": …}}}}), got {_short(tool)}'
+            )
+    return tools
+
+
+def _is_tool(tool: Any) -> bool:
+    if not isinstance(tool, dict):
+        return False
+    function = tool.get("function") if tool.get("type") == "function" else tool
+    return isinstance(function, dict) and isinstance(function.get("name"), str)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "…"
 
 
 def _content(value: Any, label: str) -> str:
@@ -231,13 +330,39 @@ def _firefly(record: dict[str, Any]) -> Extracted:
     return turns, _optional(record, "system") or None, "conversation"
 
 
-def _text(record: dict[str, Any]) -> Conversation:
+def _text(record: dict[str, Any], field: str) -> Conversation:
     """Pre-training text: one assistant turn, so every token is trained."""
-    _require(record, ("text",), "text records need 'text'")
-    text = _string(record["text"], "'text'")
+    _require(record, (field,), f"text records need '{field}'")
+    text = _string(record[field], f"'{field}'")
     if not text.strip():
-        raise RecordError("'text' is empty")
+        raise RecordError(f"'{field}' is empty")
     return Conversation([Turn(ASSISTANT, text)])
+
+
+# ---------------------------------------------------------------- fields left unused
+
+
+def _unused(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: dict[str, str]) -> list[str]:
+    """The record's fields the conversion did not read, each named once. Called after a successful
+    conversion, so the shapes below are known to be right."""
+    used = {columns.get(role) for role in _USED_COLUMNS.get(fmt, ())} | set(_USED_FIELDS.get(fmt, ()))
+    unused = [key for key in record if key not in used]
+    if fmt in ("sharegpt", "messages"):
+        field, messages = columns["messages"], record[columns["messages"]]
+        # OpenAI's tool_calls / function_call become the function turn.
+        unused += _unused_keys(messages, f"{field}[]", {tags["role_tag"], tags["content_tag"], "tool_calls", "function_call"})
+        calls = [c for m in messages if isinstance(m.get("tool_calls"), list) for c in m["tool_calls"] if isinstance(c, dict)]
+        unused += _unused_keys(calls, f"{field}[].tool_calls[]", {"type", "function"})
+    elif fmt == "moss":
+        unused += _unused_keys(list(record["chat"].values()), "chat.turn_*", {"Human", "MOSS"})
+    elif fmt == "firefly":
+        unused += _unused_keys(record["conversation"], "conversation[]", {"human", "assistant"})
+    return unused
+
+
+def _unused_keys(items: list[dict], prefix: str, used: set[str]) -> list[str]:
+    keys = dict.fromkeys(key for item in items for key in item if key not in used)
+    return [f"{prefix}.{key}" for key in keys]
 
 
 # ---------------------------------------------------------------- checks

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from lmtune.data.encode import Encoder
 from lmtune.data.filters import conversation_text, detect_language
 from lmtune.data.load import LoadReport, read_dataset
 from lmtune.data.records import Conversation
-from lmtune.data.registry import resolve_datasets
+from lmtune.data.registry import dataset_parts, resolve_datasets
 
 LANGUAGE_SAMPLE = 5000  # language ID on a seeded sample keeps inspect quick on big files
 PERCENTILES = (50, 90, 99, 100)
@@ -31,16 +30,18 @@ class FileStats:
     token_lengths: dict[int, int] | None  # percentile -> tokens (100 = longest)
     languages: Counter = field(default_factory=Counter)
     examples: list[Conversation] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)  # fields the format does not use -> records
+    media_dropped: Counter = field(default_factory=Counter)  # with data.drop_media
 
 
 def inspect_data(data: DataConfig, encoder: Encoder | None = None, examples: int = 2) -> list[FileStats]:
     """Per file: format, encoding, counts, turns, token lengths (with a tokenizer), languages, examples."""
     stats = []
     for spec in resolve_datasets(data):
-        for path in spec.files:
+        for part in dataset_parts(spec):
             report = LoadReport()
-            convs = read_dataset(dataclasses.replace(spec, files=[path]), data, report)
-            stats.append(_file_stats(report, str(path), convs, encoder, examples))
+            convs = read_dataset(part, data, report)
+            stats += [_file_stats(report, source, convs, encoder, examples) for source in report.files]
     return stats
 
 
@@ -57,6 +58,8 @@ def _file_stats(report: LoadReport, path: str, convs: list[Conversation], encode
         token_lengths=_token_lengths(convs, encoder) if encoder and convs else None,
         languages=_languages(convs),
         examples=convs[:examples],
+        ignored=file_report.ignored,
+        media_dropped=file_report.media_dropped,
     )
 
 

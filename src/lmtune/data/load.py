@@ -3,27 +3,34 @@
 For every file: records read = kept + rejected + filtered. Rejected records (unparseable or
 invalid) stop the run when `data.on_error: raise`; with `skip` they are kept aside, untouched,
 with their reason, and written to rejected.jsonl. Filtered ones (length, language, duplicates,
-mix sampling, max_samples) are counted per filter and written to filtered.jsonl.
+mix sampling, num_samples, max_samples) are counted per filter and written to filtered.jsonl.
+Within a kept record, every field the conversion did not use is counted by name ("ignored
+fields: id (120)"), and so are media dropped with data.drop_media: nothing goes uncounted.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmtune.config import DataConfig
 from lmtune.data.filters import apply_filters
 from lmtune.data.formats import detect_format, to_conversation
+from lmtune.data.hub import hub_records
 from lmtune.data.readers import RawRecord, open_records
 from lmtune.data.records import Conversation
-from lmtune.data.registry import DatasetSpec, resolve_datasets
+from lmtune.data.registry import DatasetSpec, check_record, media_columns, resolve_datasets
 from lmtune.errors import DataError, RecordError
 
 REJECTED_FILE = "rejected.jsonl"
 FILTERED_FILE = "filtered.jsonl"
+# Where a multimodal record's media sat in its text (LLaMA-Factory's placeholders).
+_MEDIA_PLACEHOLDER = re.compile(r"<(?:image|video|audio)>\n?")
 
 
 @dataclass
@@ -35,6 +42,8 @@ class FileReport:
     read: int = 0
     rejected: int = 0
     filtered: Counter = field(default_factory=Counter)
+    ignored: Counter = field(default_factory=Counter)  # field name -> kept records whose field went unused
+    media_dropped: Counter = field(default_factory=Counter)  # media field -> records it was dropped from
 
     @property
     def kept(self) -> int:
@@ -69,17 +78,33 @@ class LoadReport:
         if self.rewritten:
             parts.append(f"identity rewritten in {self.rewritten}")
         if self.repeated:
-            parts.append(f"{self.repeated} repeated to reach mix counts")
+            parts.append(f"{self.repeated} repeated to reach mix counts or num_samples")
         if self.dev:
             parts.append(f"{self.dev} held out as dev")
+        parts += [f"{label}: {counts}" for label, counts in self._field_counts()]
         return "; ".join(parts)
 
+    def _field_counts(self) -> Iterator[tuple[str, str]]:
+        """("ignored fields", "id (120), category (120) in firefly; …") and the same for media."""
+        for label, name in (("ignored fields", "ignored"), ("media dropped (data.drop_media)", "media_dropped")):
+            by_dataset: dict[str, Counter] = {}
+            for f in self.files.values():
+                by_dataset.setdefault(f.dataset, Counter()).update(getattr(f, name))
+            listed = [", ".join(f"{key} ({n})" for key, n in c.most_common()) + f" in {d}" for d, c in by_dataset.items() if c]
+            if listed:
+                yield label, "; ".join(listed)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "files": {p: {**asdict(f), "filtered": dict(f.filtered)} for p, f in self.files.items()}}
+        # asdict rebuilds a Counter from its (key, count) pairs, counting the pairs: plain dicts instead.
+        files = {p: {**asdict(f), **{k: dict(getattr(f, k)) for k in _COUNTERS}} for p, f in self.files.items()}
+        return {**asdict(self), "files": files}
 
     @classmethod
     def from_dict(cls, data: dict) -> LoadReport:
-        files = {p: FileReport(**{**f, "filtered": Counter(f["filtered"])}) for p, f in data["files"].items()}
+        files = {
+            p: FileReport(**{**f, **{k: Counter(f.get(k, {})) for k in _COUNTERS}})  # older caches lack some
+            for p, f in data["files"].items()
+        }
         return cls(**{**data, "files": files})
 
     def write(self, folder: Path) -> list[Path]:
@@ -88,9 +113,13 @@ class LoadReport:
         for name, rows in ((REJECTED_FILE, self.rejected), (FILTERED_FILE, self.filtered)):
             if rows:
                 path = Path(folder) / name
-                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+                # default=str: a hub dataset's rows may hold dates and other non-JSON values.
+                path.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows), encoding="utf-8")
                 written.append(path)
         return written
+
+
+_COUNTERS = ("filtered", "ignored", "media_dropped")
 
 
 @dataclass
@@ -102,15 +131,18 @@ class LoadedData:
 
 def load_data(data: DataConfig, tokenizer=None, seed: int = 42) -> LoadedData:
     report = LoadReport()
-    by_dataset: dict[str, list[Conversation]] = {}
-    for spec in resolve_datasets(data):
-        by_dataset[spec.name] = read_dataset(spec, data, report)
+    specs = resolve_datasets(data)
+    by_dataset = {spec.name: read_dataset(spec, data, report) for spec in specs}
     everything = [conv for convs in by_dataset.values() for conv in convs]
     kept, dropped, report.rewritten = apply_filters(everything, data.filters, tokenizer)
     for item in dropped:
         _count_filtered(report, item.conv, item.filter, item.reason)
     survivors = {id(conv) for conv in kept}
     by_dataset = {name: [c for c in convs if id(c) in survivors] for name, convs in by_dataset.items()}
+    for spec in specs:
+        if spec.num_samples:  # LLaMA-Factory draws them before cutting at max_samples
+            setting, rng = f"num_samples={spec.num_samples} of dataset '{spec.name}'", random.Random(seed)
+            by_dataset[spec.name] = _draw(by_dataset[spec.name], spec.num_samples, rng, report, "num_samples", setting)
     if data.max_samples:
         by_dataset = {name: _cap(convs, data.max_samples, report) for name, convs in by_dataset.items()}
     mixed = _mix(by_dataset, data.mix, seed, report) if data.mix else [c for cs in by_dataset.values() for c in cs]
@@ -126,22 +158,47 @@ def load_data(data: DataConfig, tokenizer=None, seed: int = 42) -> LoadedData:
 
 def read_dataset(spec: DatasetSpec, data: DataConfig, report: LoadReport) -> list[Conversation]:
     convs = []
-    for path in spec.files:
-        encoding, records = open_records(path, streaming=data.streaming)
-        file_report = report.files.setdefault(str(path), FileReport(str(path), spec.name, encoding))
+    for source, encoding, records in open_sources(spec, data):
+        file_report = report.files.setdefault(source, FileReport(source, spec.name, encoding))
         file_format = None if spec.format == "auto" else spec.format
         for index, raw in enumerate(records):
             file_report.read += 1
             try:
-                file_format = file_format or detect_format(_parsed(raw))
-                conv = to_conversation(_parsed(raw), file_format, spec.columns, spec.tags)
+                record = _parsed(raw)
+                check_record(record, spec, data.drop_media, raw.where)  # a DataError for the dataset, not a bad record
+                file_format = file_format or detect_format(record)
+                conv = _conversation(record, file_format, spec, file_report)
             except RecordError as exc:
                 _reject(report, file_report, raw, str(exc), data.on_error)
                 continue
-            conv.source, conv.origin = raw.where, (str(path), index)
+            conv.source, conv.origin = raw.where, (source, index)
             convs.append(conv)
         file_report.format = file_format or "unknown"
     return convs
+
+
+def open_sources(spec: DatasetSpec, data: DataConfig) -> Iterator[tuple[str, str, Iterator[RawRecord]]]:
+    """(source, encoding, records) for each file of a dataset, or for its one hub dataset."""
+    if spec.hub:
+        yield spec.hub.name, "utf-8", hub_records(spec.hub)  # Arrow strings are UTF-8
+        return
+    for path in spec.files:
+        encoding, records = open_records(path, streaming=data.streaming, txt_lines=spec.txt_lines)
+        yield str(path), encoding, records
+
+
+def _conversation(record: dict, fmt: str, spec: DatasetSpec, file_report: FileReport) -> Conversation:
+    """The record as a Conversation; the fields it leaves unused and the media it drops are counted."""
+    media = [column for column in media_columns(spec).values() if column in record]
+    dropped = [column for column in media if record[column]]  # empty ones hold nothing to lose
+    ignored: list[str] = []
+    conv = to_conversation({k: v for k, v in record.items() if k not in media}, fmt, spec.columns, spec.tags, ignored=ignored)
+    if dropped:  # only with data.drop_media: check_record refuses media otherwise
+        for turn in conv.turns:
+            turn.content, turn.input = _MEDIA_PLACEHOLDER.sub("", turn.content), _MEDIA_PLACEHOLDER.sub("", turn.input)
+    file_report.ignored.update(ignored)
+    file_report.media_dropped.update(dropped)
+    return conv
 
 
 def _parsed(raw: RawRecord) -> dict:
@@ -195,19 +252,20 @@ def _mix(by_dataset: dict[str, list[Conversation]], mix: dict[str, float], seed:
     rng = random.Random(seed)
     mixed = []
     for name, convs in by_dataset.items():
-        mixed += _draw(convs, counts[name], rng, report, name, mix[name])
+        mixed += _draw(convs, counts[name], rng, report, "mix", f"data.mix[{name}]={mix[name]}")
     rng.shuffle(mixed)
     return mixed
 
 
-def _draw(convs, count, rng, report, name, setting) -> list[Conversation]:
+def _draw(convs, count, rng, report, filter_name, setting) -> list[Conversation]:
+    """count of convs at random: without repeats if there are enough, else all of them repeated."""
     if not convs:
         return []
     if count <= len(convs):
         chosen = set(rng.sample(range(len(convs)), count))
         for i, conv in enumerate(convs):
             if i not in chosen:
-                _count_filtered(report, conv, "mix", f"not drawn: data.mix[{name}]={setting} takes {count} of {len(convs)}")
+                _count_filtered(report, conv, filter_name, f"not drawn: {setting} takes {count} of {len(convs)}")
         return [conv for i, conv in enumerate(convs) if i in chosen]
     whole, rest = divmod(count, len(convs))
     report.repeated += count - len(convs)

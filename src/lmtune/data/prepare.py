@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from lmtune import __version__
 from lmtune.config import DataConfig
 from lmtune.data.encode import Encoder, Sample, adds_bos
+from lmtune.data.hub import fingerprint
 from lmtune.data.load import LoadReport, load_data
 from lmtune.data.pretrain import document_samples
 from lmtune.data.registry import resolve_datasets
@@ -66,17 +67,21 @@ def encode_all(convs, encoder: Encoder) -> list[Sample]:
 
 def cache_key(data: DataConfig, encoder: Encoder, seed: int) -> str:
     ignored = {"cache", "cache_dir", "streaming", "template", "path", "dataset_dir", "packing"}
-    files = [(str(f), _file_digest(f)) for spec in resolve_datasets(data) for f in spec.files]
+    specs = resolve_datasets(data)
+    files = [(str(f), _file_digest(f)) for spec in specs for f in spec.files]
+    files += [(spec.hub.name, fingerprint(spec.hub)) for spec in specs if spec.hub]
     parts = {
         "lmtune": [__version__, CACHE_FORMAT],
         "files": files,
+        # How each dataset is read (dataset_info.json's columns, tags, num_samples …), not just its bytes.
+        "datasets": [asdict(spec) for spec in specs],
         "data": data.model_dump(mode="json", exclude=ignored),
         "template": encoder.template.fingerprint(),
         "tokenizer": _tokenizer_digest(encoder.tokenizer),
         "cutoff_len": encoder.cutoff_len,
         "seed": seed,
     }
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
 def _file_digest(path: Path) -> str:

@@ -154,15 +154,16 @@ class RawRecord:
         return f"{self.path}:{self.line}"
 
 
-def open_records(path: Path, streaming: bool = False) -> tuple[str, Iterator[RawRecord]]:
+def open_records(path: Path, streaming: bool = False, txt_lines: bool = False) -> tuple[str, Iterator[RawRecord]]:
     """(encoding, records) of one data file.
 
     .json: one JSON array, read whole (a syntax error in it raises DataError: nothing after it can
     be trusted). .jsonl: one object per line; a bad line is a RawRecord with its error, and reading
     goes on. .csv: a header, then one record per row, every column a string. .parquet: one record
-    per row, read batch by batch. .txt: the whole file is one {"text"} record, or with streaming
-    each paragraph (lines between blank lines) is one. streaming=True reads .jsonl/.csv/.txt line
-    by line from the file, never whole; .json is read whole either way.
+    per row, read batch by batch. .txt: the whole file is one {"text"} record (a book, an article),
+    or with txt_lines each non-blank line is one (how LLaMA-Factory reads .txt datasets).
+    streaming=True reads .jsonl/.csv/.txt line by line from the file, never whole (.json is read
+    whole either way); it never changes what a record is.
     """
     path = _data_file(Path(path))
     suffix = path.suffix.lower()
@@ -183,7 +184,7 @@ def open_records(path: Path, streaming: bool = False) -> tuple[str, Iterator[Raw
         return encoding, _jsonl_records(path, lines)
     if suffix == ".csv":
         return encoding, _csv_records(path, lines)
-    return encoding, _paragraph_records(path, lines) if streaming else _whole_text(path, lines)
+    return encoding, _line_records(path, lines) if txt_lines else _whole_text(path, lines)
 
 
 def _json_array_records(path: Path, text: str) -> Iterator[RawRecord]:
@@ -285,23 +286,10 @@ def _parquet_records(path: Path) -> Iterator[RawRecord]:
                 yield RawRecord(str(path), row, record, None, None)
 
 
-def _paragraph_records(path: Path, lines: Iterable[str]) -> Iterator[RawRecord]:
-    block: list[str] = []
-    start = 0
+def _line_records(path: Path, lines: Iterable[str]) -> Iterator[RawRecord]:
     for number, line in enumerate(lines, start=1):
-        if line.strip():
-            if not block:
-                start = number
-            block.append(line)
-        elif block:
-            yield _paragraph(path, start, block)
-            block = []
-    if block:
-        yield _paragraph(path, start, block)
-
-
-def _paragraph(path: Path, start: int, lines: list[str]) -> RawRecord:
-    return RawRecord(str(path), start, {"text": "".join(lines).rstrip("\n")}, None, None)
+        if line.strip():  # blank lines separate documents, as in .jsonl; they are not records
+            yield RawRecord(str(path), number, {"text": line.rstrip("\n")}, None, None)
 
 
 def _whole_text(path: Path, lines: Iterable[str]) -> Iterator[RawRecord]:

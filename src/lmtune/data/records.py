@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 USER, ASSISTANT = "user", "assistant"
-FUNCTION, OBSERVATION = "function", "observation"  # tool call by the assistant, and the tool's answer
+# A tool call by the assistant, and the tool's answer. A function turn's content is LLaMA-Factory's
+# layout, JSON {"name": …, "arguments": {…}}, or a list of those for parallel calls, which are then
+# answered by one observation turn per call, in order.
+FUNCTION, OBSERVATION = "function", "observation"
 ROLES = (USER, ASSISTANT, FUNCTION, OBSERVATION)
 
 
