@@ -245,3 +245,17 @@ def test_a_chinese_output_folder_plots_without_glyph_warnings(project):
     assert result.returncode == 0, result.stderr
     assert (project / "运行结果" / "loss.png").is_file()
     assert "missing from" not in result.stderr and "Glyph" not in result.stderr
+
+
+def test_relative_paths_in_a_config_file_are_found_beside_it(project, tmp_path_factory):
+    nested = project / "configs"
+    nested.mkdir()
+    config = yaml.safe_load((project / "run.yaml").read_text())
+    config["data"]["path"] = "../good.json"
+    config["train"]["output_dir"] = str(project / "nested-out")
+    (nested / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    result = lmtune("train", nested / "run.yaml", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    saved = yaml.safe_load((project / "nested-out" / "run.yaml").read_text())
+    assert saved["data"]["path"] == [str(project / "good.json")]  # written absolute, for every later command

@@ -299,9 +299,32 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML/JSON: {_one_line(exc)}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections model, data, finetune, train, generate")
+    _inputs_beside(raw, path.parent)
     for item in overrides:
         apply_override(raw, item)
     return validate_config(raw, source=str(path))
+
+
+# Files a run reads. Given relative in a config file, they are looked for beside that file first,
+# so a config works from any working folder; train.output_dir stays relative to where you run,
+# so the shipped examples/ configs write into your runs/, not into examples/.
+_INPUT_PATHS = (("model", "path"), ("data", "path"), ("data", "dataset_dir"), ("data", "template_file"), ("finetune", "adapter"))
+
+
+def _inputs_beside(raw: dict[str, Any], folder: Path) -> None:
+    for section, key in _INPUT_PATHS:
+        values = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(values, str):
+            raw[section][key] = _beside(values, folder)
+        elif isinstance(values, list):
+            raw[section][key] = [_beside(v, folder) if isinstance(v, str) else v for v in values]
+
+
+def _beside(value: str, folder: Path) -> str:
+    """FOLDER/value when that exists; otherwise the value as written (relative to the working
+    folder as before, or a hub id such as Qwen/Qwen2.5-0.5B)."""
+    path = Path(value).expanduser()
+    return str(folder / path) if not path.is_absolute() and (folder / path).exists() else value
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

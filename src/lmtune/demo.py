@@ -84,10 +84,11 @@ def _train_stage(out: Path, name: str, model_dir: Path, data: Path, method: dict
 
     config_path = out / f"{name}.yaml"
     config = {
-        "model": {"path": str(model_dir)},
-        "data": {"path": str(data), "template": "alpaca", "cutoff_len": 256},
+        # Absolute paths: the config is rerun later from wherever the user stands.
+        "model": {"path": str(Path(model_dir).resolve())},
+        "data": {"path": str(Path(data).resolve()), "template": "alpaca", "cutoff_len": 256},
         "finetune": method,
-        "train": {"output_dir": str(out / name), "logging_steps": 25, **steps},
+        "train": {"output_dir": str((out / name).resolve()), "logging_steps": 25, **steps},
         "generate": {"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 64},
     }
     config_path.write_text(dump_yaml(config), encoding="utf-8")
