@@ -65,8 +65,9 @@ def test_generation_prompt_is_the_training_prefix(tokenizer):
     prompt, reference = conv.without_last_answer()
     prompt_ids = encoder.prompt_ids(prompt)
     assert sample.input_ids[: len(prompt_ids)] == prompt_ids
-    assert tokenizer.decode(sample.input_ids[len(prompt_ids) :]) == "I like tea.<|im_end|>"
-    assert sample.labels[len(prompt_ids) :] == sample.input_ids[len(prompt_ids) :]
+    # ChatML closes every message with a newline after <|im_end|>: read, not trained.
+    assert tokenizer.decode(sample.input_ids[len(prompt_ids) :]) == "I like tea.<|im_end|>\n"
+    assert sample.labels[len(prompt_ids) : -1] == sample.input_ids[len(prompt_ids) : -1] and sample.labels[-1] == -100
     assert reference == "I like tea."
 
 
@@ -80,6 +81,13 @@ def test_long_answer_is_cut_but_keeps_its_eos(tokenizer):
     assert sample.input_ids[0] == tokenizer.bos_token_id
     header = ids(tokenizer, "### Response:\n")
     assert sample.input_ids[prompt_len - len(header) : prompt_len] == header  # the model still sees where to answer
+
+
+def test_a_cut_chatml_answer_ends_with_its_end_token_not_the_newline_read_after_it(tokenizer):
+    encoder = Encoder(tokenizer, get_template("chatml"), cutoff_len=40)
+    sample = encoder.encode(Conversation(exchange("Name the capital of France.", "Paris is the capital of France. " * 20)))
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert len(sample.input_ids) == 40 and sample.input_ids[-1] == sample.labels[-1] == end
 
 
 def test_long_prompt_is_cut_in_the_middle_and_the_answer_kept_whole(tokenizer):

@@ -8,7 +8,7 @@ from lmtune.templates.template import get_template
 
 
 def test_batched_encoding_equals_one_at_a_time(tokenizer):
-    encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=48)
+    encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=52)
     convs = [
         Conversation([Turn(USER, "Name the capital of France."), Turn(ASSISTANT, "Paris.")]),
         Conversation([Turn(USER, "把下面的句子翻译成英文。", input="我喜欢喝茶。"), Turn(ASSISTANT, "I like drinking tea.")], system="Be brief."),

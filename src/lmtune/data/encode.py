@@ -35,6 +35,7 @@ class Sample:
 class Tokenized:
     ids: list[int]
     owner: np.ndarray  # per token: index of the answer it belongs to, or -1 for prompt
+    eos_at: tuple[int, ...] = ()  # tokens trained to predict EOS instead of themselves (Segment.eos_label)
 
 
 class Encoder:
@@ -101,13 +102,14 @@ class Encoder:
 
     def _tokenize_by_segment(self, segments: list[Segment]) -> Tokenized:
         """Slow tokenizers have no offsets: tokenize segment by segment instead."""
-        ids, owner, answer = [], [], 0
+        ids, owner, eos_at, answer = [], [], [], 0
         for segment in segments:
             piece = self.tokenizer.encode(segment.text, add_special_tokens=False)
             ids += piece
             owner += [answer if segment.answer else -1] * len(piece)
+            eos_at += [len(ids) - 1] if segment.eos_label and piece else []
             answer += segment.answer
-        return Tokenized(ids, np.array(owner, dtype=np.int64))
+        return Tokenized(ids, np.array(owner, dtype=np.int64), tuple(eos_at))
 
     @functools.cached_property
     def _has_offsets(self) -> bool:
@@ -133,7 +135,9 @@ class Encoder:
             trained = owner == owner.max() if len(owner) and owner.max() >= 0 else np.zeros(len(ids), dtype=bool)
         else:
             trained = owner >= 0
-        labels = np.where(trained, np.array(ids, dtype=np.int64), IGNORE_INDEX).tolist()
+        targets = np.array(ids, dtype=np.int64)
+        targets[list(tokenized.eos_at)] = self.eos_id
+        labels = np.where(trained, targets, IGNORE_INDEX).tolist()
         return Sample(self.bos + list(ids), [IGNORE_INDEX] * len(self.bos) + labels, truncated)
 
     def _truncated(self, conv: Conversation) -> Sample:
@@ -149,7 +153,11 @@ class Encoder:
         return self._sample(self._cut(self._tokenize([self.render(last)])[0]), truncated=True)
 
     def _cut(self, tokenized: Tokenized) -> Tokenized:
-        ids, owner = list(tokenized.ids), tokenized.owner.tolist()
+        # One exchange ending the conversation: its answer ends with its own end token, never with
+        # an EOS label on the next turn's token, so there is no eos_at to carry over. What a format
+        # reads after that token (ChatML's newline) is dropped, so the end token stays last.
+        end = max((i + 1 for i, o in enumerate(tokenized.owner.tolist()) if o >= 0), default=len(tokenized.ids))
+        ids, owner = list(tokenized.ids[:end]), tokenized.owner[:end].tolist()
         first_answer = next((i for i, o in enumerate(owner) if o >= 0), len(ids))
         prompt, answer = ids[:first_answer], ids[first_answer:]
         limit = self.cutoff_len - len(self.bos)
@@ -170,14 +178,16 @@ def _owners(ids: list[int], offsets, segments: list[Segment]) -> Tokenized:
     starts = np.array([o[0] for o in offsets], dtype=np.int64)
     ends = np.array([o[1] for o in offsets], dtype=np.int64)
     owner = np.full(len(ids), -1, dtype=np.int64)
-    position, answer = 0, 0
+    position, answer, eos_at = 0, 0, []
     for segment in segments:
         end = position + len(segment.text)
         if segment.answer:
             owner[(starts < end) & (ends > position) & (owner < 0)] = answer
             answer += 1
+        if segment.eos_label:  # the segment's last token: the one that reaches its end
+            eos_at += np.nonzero((starts < end) & (ends >= end))[0][:1].tolist()
         position = end
-    return Tokenized(list(ids), owner)
+    return Tokenized(list(ids), owner, tuple(eos_at))
 
 
 def _check_answered(conv: Conversation) -> None:

@@ -107,12 +107,10 @@ class Engine:
 
 
 def end_token_ids(tokenizer, template: Template) -> list[int]:
-    """Generation ends at the tokenizer's EOS and at the token that ends the template's answers
-    (<|im_end|>, <|eot_id|>, …), which the model was trained to write."""
+    """Generation ends at the tokenizer's EOS and at every token that ends the template's answers
+    (<|im_end|>, <|eot_id|>, ChatGLM's <|user|> and <|observation|>, …), which the model was trained to write."""
     ids = {tokenizer.eos_token_id}
-    end = template.end_token()
-    if end != "{eos}":
-        ids.add(tokenizer.convert_tokens_to_ids(end))
+    ids.update(tokenizer.convert_tokens_to_ids(end) for end in template.end_tokens() if end != "{eos}")
     return sorted(ids)
 
 

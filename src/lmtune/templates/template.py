@@ -5,10 +5,23 @@ encoder tokenizes the joined text in one piece, as the model's own chat template
 the tokens that fall in answer segments: labels come from character spans, never from searching
 for token sequences. `{bos}` and `{eos}` stand for the tokenizer's own BOS and EOS; the names in
 `tokens` are the template's special tokens, which must be single tokens of the tokenizer.
+
+How an answer ends (`answer_end`):
+- "" (most families): the assistant format writes its end token (`<|im_end|>`, `<|eot_id|>`, EOS).
+  The answer is trained up to and including it; text the format puts after it (ChatML's newline)
+  is read as the start of what follows, not trained.
+- `next_turn` (ChatGLM3, GLM-4): nothing sits between turns; the model ends an answer by writing the
+  token that opens the next turn (`<|user|>`, `<|observation|>`, which is how these models stop),
+  so that token is trained as the answer's end. The last answer ends with EOS, as their own
+  fine-tuning scripts append it.
+- `eos_label` (Baichuan2): nothing sits between turns either, but the model stops at EOS: the token
+  that opens the next turn stays in the text and is trained to predict EOS (Baichuan2's
+  fine-tune.py labels it so). The last answer ends with EOS.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
@@ -18,32 +31,49 @@ import yaml
 
 from lmtune.data.records import ASSISTANT, FUNCTION, OBSERVATION, USER, Conversation, Turn
 from lmtune.errors import DataError, LmtuneError
+from lmtune.templates.tools import STYLES, Style, check_tools, join, parse_calls
 
 TEMPLATE_FILE = "template.yaml"  # written into every training output folder
 PROMPT_ROLES = (USER, OBSERVATION)  # what the model reads
 ANSWER_ROLES = (ASSISTANT, FUNCTION)  # what the model writes, and is trained on
+ANSWER_ENDS = ("", "next_turn", "eos_label")
+TOOLS_AT = ("system", "before_system", "after_system", "first_user")
+SLOT = re.compile(r"\{(content|input|bos|eos|tools)\}")
+
+
+def fill(fmt: str, **values: str) -> str:
+    """A format with its slots filled. Other braces are literal text: tool prompts show JSON."""
+    return SLOT.sub(lambda m: values.get(m.group(1), m.group(0)), fmt)
 
 
 @dataclass(frozen=True)
 class Segment:
     text: str
     answer: bool  # the model writes this (trained), or reads it (prompt)
+    eos_label: bool = False  # the segment's last token is trained to predict EOS, whatever it is (Baichuan2)
 
 
 @dataclass(frozen=True)
 class Template:
     name: str
     user: str  # "{content}" (and "{input}" in user_with_input); ends where the answer starts
-    assistant: str = "{content}{eos}"  # must end with {eos} or one of `tokens`: the model must learn to stop
+    assistant: str = "{content}{eos}"  # writes {eos} or one of `tokens` to end the answer, unless answer_end says otherwise
     system: str = "{content}"  # the system block
     prefix: str = ""  # once, at the very start (e.g. "{bos}")
     separator: str = ""  # between an answer and the next prompt
     default_system: str = ""
     default_system_with_input: str | None = None  # Alpaca has a second preamble for records with input
     user_with_input: str | None = None
-    observation: str | None = None  # a tool's result, read by the model; default: as a user turn
+    observation: str | None = None  # a tool's result (consecutive ones: one block), read by the model; default: as a user turn
     function: str | None = None  # a tool call, written by the model; default: as an assistant turn
     system_in_first_user: bool = False  # Llama-2 puts the system block inside the first [INST]
+    always_system: bool = False  # the system block is written even without a system prompt (Llama 3.1 dates every chat)
+    answer_end: str = ""  # see the module docstring: "", next_turn or eos_label
+    final_answer_prefix: str = ""  # read before the last answer and at the end of a generation prompt (Qwen3's empty <think>)
+    tools: str | None = None  # the tool-definitions block; {tools}: the definitions as tool_style writes them
+    tools_at: str = "system"  # after the system prompt | before_system | after_system (own blocks) | first_user
+    tool_style: str | None = None  # how definitions, calls and results are written (templates/tools.py)
+    system_with_tools: str | None = None  # the system format when tools are shown (Llama 3.1 adds "Environment: ipython")
     tokens: tuple[str, ...] = ()  # special tokens the formats use, inserted as single ids
     stop: tuple[str, ...] = ()  # strings that end generation besides the end token
     description: str = ""
@@ -54,51 +84,153 @@ class Template:
         """Prompt and answer segments; a conversation ending with a prompt turn ends with the
         prompt the model answers (a generation prompt)."""
         marks = {"bos": bos, "eos": eos}
-        segments = [Segment(self.prefix.format(**marks), False)]
-        # Raw text (no prompt turn at all) is pre-training data: no system prompt goes with it.
+        style = self._style(conv)
+        # Raw text (no prompt turn at all) is pre-training data: no system prompt or tools go with it.
         has_prompt = any(turn.role in PROMPT_ROLES for turn in conv.turns)
-        system_block = self._system_block(conv, marks) if has_prompt else ""
+        tools = self._tools_block(conv, style, marks) if has_prompt and conv.tools else ""
+        system_block = self._system_block(conv, tools, marks) if has_prompt else ""
+        first_prompt = (system_block if self.system_in_first_user else "") + (tools if self.tools_at == "first_user" else "")
+        segments = [Segment(fill(self.prefix, **marks), False)]
         if not self.system_in_first_user:
             segments.append(Segment(system_block, False))
-        previous = None
-        for turn in conv.turns:
-            if turn.role in ANSWER_ROLES:
-                fmt = self.function if turn.role == FUNCTION and self.function else self.assistant
-                segments.append(Segment(fmt.format(content=turn.content, **marks), True))
-            elif turn.role in PROMPT_ROLES:
-                fused = system_block if previous is None and self.system_in_first_user else ""
+        runs, previous = _runs(conv.turns), None
+        # What goes in front of the first user message (Llama-2's system block, Llama 3.1's tools),
+        # even when truncation left a tool result first.
+        first_user = next((i for i, run in enumerate(runs) if run[0].role == USER), None)
+        for index, turns in enumerate(runs):
+            role = turns[0].role
+            if role in ANSWER_ROLES:
+                final = index == len(runs) - 1 and has_prompt
+                segments += [Segment(self.final_answer_prefix if final else "", False), *self._answer(turns[0], style, conv.source, marks)]
+            elif role in PROMPT_ROLES:
                 separator = self.separator if previous in ANSWER_ROLES else ""
-                segments.append(Segment(separator + self._prompt_text(turn, fused, marks), False))
+                fused = first_prompt if index == first_user else ""
+                segments.append(Segment(separator + self._prompt_text(turns, fused, style, conv.source, marks), False))
             else:
-                raise DataError(f"{conv.source}: turn has role '{turn.role}'; expected one of {PROMPT_ROLES + ANSWER_ROLES}")
-            previous = turn.role
-        return _merge(segments)
+                raise DataError(f"{conv.source}: turn has role '{role}'; expected one of {PROMPT_ROLES + ANSWER_ROLES}")
+            previous = role
+        if previous in PROMPT_ROLES:
+            segments.append(Segment(self.final_answer_prefix, False))
+        return self._close_answers(_merge(segments), eos)
 
-    def _system_block(self, conv: Conversation, marks: dict[str, str]) -> str:
+    def _style(self, conv: Conversation) -> Style | None:
+        if conv.tools and not self.tools:
+            able = ", ".join(sorted(name for name, t in builtin_templates().items() if t.tools))
+            where = f"{conv.source}: " if conv.source else ""
+            raise LmtuneError(
+                f"{where}the conversation shows the model tools, but template '{self.name}' cannot render tools; "
+                f"templates that can: {able}"
+            )
+        return STYLES[self.tool_style] if self.tool_style else None
+
+    def _tools_block(self, conv: Conversation, style: Style, marks: dict[str, str]) -> str:
+        tools = check_tools(conv.tools, conv.source)
+        return fill(self.tools, tools=style.tool_joiner.join(map(style.tool, tools)), **marks)
+
+    def _system_block(self, conv: Conversation, tools: str, marks: dict[str, str]) -> str:
         system = conv.system
         if system is None:
             has_input = any(turn.input for turn in conv.turns)
             system = self.default_system_with_input if has_input and self.default_system_with_input else self.default_system
-        return self.system.format(content=system, **marks) if system else ""
+        if tools and self.tools_at == "system":
+            system = f"{system}\n\n{tools}" if system else tools  # Qwen: after the system prompt and a blank line
+        fmt = self.system_with_tools if tools and self.system_with_tools else self.system
+        block = fill(fmt, content=system, **marks) if system or self.always_system else ""
+        before, after = (tools if self.tools_at == at else "" for at in ("before_system", "after_system"))
+        return before + block + after
 
-    def _prompt_text(self, turn: Turn, system_block: str, marks: dict[str, str]) -> str:
+    def _prompt_text(self, turns: list[Turn], fused: str, style: Style | None, source: str, marks: dict[str, str]) -> str:
+        if turns[0].role == OBSERVATION and self.observation and style:
+            results = join([style.result(t.content) for t in turns], style.result_joiner, "tool result", self.name, source)
+            return fill(self.observation, content=results, **marks)
+        return "".join(self._one_prompt(turn, fused if i == 0 else "", marks) for i, turn in enumerate(turns))
+
+    def _one_prompt(self, turn: Turn, fused: str, marks: dict[str, str]) -> str:
         if turn.role == OBSERVATION and self.observation:
-            return self.observation.format(content=turn.content, **marks)
+            return fill(self.observation, content=turn.content, **marks)
         if turn.input and self.user_with_input:
-            return self.user_with_input.format(content=system_block + turn.content, input=turn.input, **marks)
+            return fill(self.user_with_input, content=fused + turn.content, input=turn.input, **marks)
         content = f"{turn.content}\n{turn.input}" if turn.input else turn.content
-        return self.user.format(content=system_block + content, **marks)
+        return fill(self.user, content=fused + content, **marks)
+
+    def _answer(self, turn: Turn, style: Style | None, source: str, marks: dict[str, str]) -> list[Segment]:
+        """The answer is trained up to and including its end token; what the format puts after
+        that token (ChatML's newline) is read, not written."""
+        fmt, content = self.assistant, turn.content
+        if turn.role == FUNCTION:
+            fmt = self.function or self.assistant
+            if style:
+                calls = [style.call(call) for call in parse_calls(turn.content, source)]
+                content = join(calls, style.call_joiner, "function call", self.name, source)
+        written, after = self._split_end(fmt)
+        return [Segment(fill(written, content=content, **marks), True), Segment(fill(after, **marks), False)]
+
+    def _close_answers(self, segments: list[Segment], eos: str) -> list[Segment]:
+        """With answer_end set, an answer takes the token that opens the next turn as its end (or
+        EOS, at the end of the conversation)."""
+        if not self.answer_end:
+            return segments
+        closed = []
+        for index, segment in enumerate(segments):
+            following = segments[index + 1] if index + 1 < len(segments) else None
+            if not segment.answer:
+                closed.append(segment)
+            elif following is None:
+                closed.append(Segment(segment.text + eos, True))
+            else:
+                token = self._opening_token(following.text)
+                closed.append(Segment(segment.text + token, True, eos_label=self.answer_end == "eos_label"))
+                segments[index + 1] = Segment(following.text[len(token) :], False)
+        return [segment for segment in closed if segment.text]
+
+    def _opening_token(self, text: str) -> str:
+        token = max((t for t in self.tokens if text.startswith(t)), key=len, default=None)
+        if token is None:
+            raise LmtuneError(f"template '{self.name}': with answer_end: {self.answer_end}, every turn after an answer "
+                              f"must open with one of its tokens; this one opens with {text[:20]!r}")
+        return token
+
+    def _split_end(self, fmt: str) -> tuple[str, str]:
+        """The answer format up to and including its end token, and what follows it."""
+        if self.answer_end:
+            return fmt, ""
+        end = max((fmt.rfind(mark) + len(mark) for mark in ("{eos}", *self.tokens) if mark in fmt), default=len(fmt))
+        return fmt[:end], fmt[end:]
+
+    # ------------------------------------------------------------ facts for encoder and engine
 
     def fingerprint(self) -> dict:
         """Everything that decides the rendering, for cache keys."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "description"}
 
     def writes_bos(self) -> bool:
-        return any("{bos}" in fmt for fmt in (self.prefix, self.user, self.system))
+        return any("{bos}" in (fmt or "") for fmt in (self.prefix, self.user, self.system, self.system_with_tools))
 
     def end_token(self) -> str:
-        """What ends every answer: "{eos}" or one of the template's special tokens."""
-        return "{eos}" if self.assistant.endswith("{eos}") else next(t for t in self.tokens if self.assistant.endswith(t))
+        """What ends the last answer of a conversation: "{eos}" or one of the template's tokens."""
+        return self._end_of(self.assistant)
+
+    def end_tokens(self) -> tuple[str, ...]:
+        """Every token that ends an answer or a tool call; generation stops at any of them."""
+        ends = [self.end_token(), self._end_of(self.function or self.assistant)]
+        if self.answer_end == "next_turn":
+            ends += [self._opening_token(fmt) for fmt in (self.user, self.observation) if fmt]
+        return tuple(dict.fromkeys(ends))
+
+    def _end_of(self, fmt: str) -> str:
+        written = "{eos}" if self.answer_end else self._split_end(fmt)[0]
+        return "{eos}" if written.endswith("{eos}") else max((t for t in self.tokens if written.endswith(t)), key=len)
+
+
+def _runs(turns: list[Turn]) -> list[list[Turn]]:
+    """Turns one by one, except that consecutive tool results form one run (Qwen shows them in one message)."""
+    runs: list[list[Turn]] = []
+    for turn in turns:
+        if runs and turn.role == OBSERVATION and runs[-1][-1].role == OBSERVATION:
+            runs[-1].append(turn)
+        else:
+            runs.append([turn])
+    return runs
 
 
 def _merge(segments: list[Segment]) -> list[Segment]:
@@ -147,24 +279,37 @@ def _from_dict(name: str, spec: dict, source: str) -> Template:
     if "user" not in spec:
         raise LmtuneError(f"{source}: template '{name}' has no 'user' format")
     template = Template(name=name, **{**spec, "stop": tuple(spec.get("stop", ())), "tokens": tuple(spec.get("tokens", ()))})
-    if not (template.assistant.endswith("{eos}") or any(template.assistant.endswith(t) for t in template.tokens)):
-        raise LmtuneError(
-            f"{source}: template '{name}': the assistant format must end with {{eos}} or one of its tokens, "
-            "or the model never learns to stop"
-        )
+    problem = _problem(template)
+    if problem:
+        raise LmtuneError(f"{source}: template '{name}': {problem}")
     return template
+
+
+def _problem(t: Template) -> str | None:
+    """What makes a template unusable, if anything."""
+    ends = ("{eos}", *t.tokens)
+    if t.answer_end not in ANSWER_ENDS:
+        return f"answer_end must be one of {[e for e in ANSWER_ENDS if e]}, got {t.answer_end!r}"
+    if not t.answer_end and not all(any(e in fmt for e in ends) for fmt in (t.assistant, t.function or t.assistant)):
+        return ("the assistant format must end the answer with {eos} or one of its tokens (or set answer_end), "
+                "or the model never learns to stop")
+    if t.answer_end and (t.separator or not all(any(fmt.startswith(tok) for tok in t.tokens) for fmt in (t.user, t.observation or t.user))):
+        return f"with answer_end: {t.answer_end}, the user and observation formats must open with one of its tokens, with no separator"
+    if t.tools and (t.tool_style not in STYLES or "{tools}" not in t.tools or t.tools_at not in TOOLS_AT):
+        return f"tools need a tool_style ({', '.join(STYLES)}), a {{tools}} slot and tools_at in {list(TOOLS_AT)}"
+    if t.tool_style and t.tool_style not in STYLES:
+        return f"unknown tool_style {t.tool_style!r}; known: {', '.join(STYLES)}"
+    return None
 
 
 def save_template(template: Template, folder: Path) -> Path:
     """The template as data next to the model, so chat and serve use it even if the YAML it came
     from moves or the registry changes."""
-    spec = {f.name: getattr(template, f.name) for f in fields(Template) if f.name != "name"}
-    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items() if v not in (None, (), "", False)}
+    spec = {f.name: getattr(template, f.name) for f in fields(Template) if f.name != "name" and getattr(template, f.name) != f.default}
+    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
     path = Path(folder) / TEMPLATE_FILE
     path.write_text(yaml.safe_dump({template.name: spec}, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
-
-
 def load_templates(extra_file: str | Path | None = None) -> dict[str, Template]:
     """The built-in templates, plus (overriding by name) those in the user's YAML file."""
     templates = dict(builtin_templates())
