@@ -71,7 +71,7 @@ def test_packed_training_runs_and_bloom_says_why_it_cannot(tmp_path, llama_dir, 
             {
                 "model": {"path": str(model_dir)},
                 "data": {"path": str(data_file), "template": "alpaca", "cutoff_len": 256, "packing": True, "cache": False},
-                "train": {"output_dir": str(tmp_path / model_dir.name), "max_steps": 3, "per_device_train_batch_size": 2, "logging_steps": 1},
+                "train": {"output_dir": str(tmp_path / f"{model_dir.name}-out"), "max_steps": 3, "per_device_train_batch_size": 2, "logging_steps": 1},
             }
         )
 
