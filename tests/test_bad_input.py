@@ -259,3 +259,83 @@ def test_relative_paths_in_a_config_file_are_found_beside_it(project, tmp_path_f
     assert result.returncode == 0, result.stderr
     saved = yaml.safe_load((project / "nested-out" / "run.yaml").read_text())
     assert saved["data"]["path"] == [str(project / "good.json")]  # written absolute, for every later command
+
+
+# ---------------------------------------------------------------- damaged model and adapter folders
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory, llama_dir):
+    """A trained adapter, then copies of it and of its base, each damaged one way."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("damaged")
+    (root / "d.json").write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    config = {
+        "model": {"path": str(llama_dir)},
+        "data": {"path": str(root / "d.json"), "template": "alpaca", "cutoff_len": 64, "cache": False},
+        "train": {"output_dir": str(root / "ad"), "max_steps": 2, "per_device_train_batch_size": 2},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert lmtune("train", root / "run.yaml").returncode == 0
+    damage = {
+        "ad_truncated": ("ad", "adapter_model.safetensors", lambda b: b[:100]),
+        "ad_empty": ("ad", "adapter_model.safetensors", lambda b: b""),
+        "ad_no_weights": ("ad", "adapter_model.safetensors", None),
+        "ad_bad_config": ("ad", "adapter_config.json", lambda b: b"{oops"),
+        "base_truncated": (llama_dir, "model.safetensors", lambda b: b[:100]),
+        "base_bad_config": (llama_dir, "config.json", lambda b: b"{oops"),
+    }
+    for name, (source, file, change) in damage.items():
+        shutil.copytree(root / source if isinstance(source, str) else source, root / name)
+        if change is None:
+            (root / name / file).unlink()
+        else:
+            (root / name / file).write_bytes(change((root / name / file).read_bytes()))
+    return root
+
+
+TRUNCATED = "not a readable safetensors file"
+CASES_DAMAGED = [
+    (["chat", "--adapter", "ad_truncated"], f"ad_truncated/adapter_model.safetensors: {TRUNCATED}"),
+    (["chat", "--adapter", "ad_empty"], f"ad_empty/adapter_model.safetensors: {TRUNCATED}"),
+    (["chat", "--adapter", "ad_no_weights"], "'ad_no_weights' has adapter_config.json but no weights"),
+    (["chat", "--adapter", "ad_bad_config"], "ad_bad_config/adapter_config.json:1:2: malformed JSON"),
+    (["chat", "--model", "base_bad_config", "--template", "alpaca"], "base_bad_config/config.json:1:2: malformed JSON"),
+    (["chat", "--model", "base_truncated", "--template", "alpaca"], f"base_truncated/model.safetensors: {TRUNCATED}"),
+    (["chat", "--adapter", "no/such/dir"], "error: --adapter no/such/dir: no such folder"),
+    (["generate", "--adapter", "ad_truncated", "--data", "d.json", "--out", "p.jsonl"], TRUNCATED),
+    (["export", "--adapter", "ad_truncated", "--out", "merged"], TRUNCATED),
+    (["export", "--adapter", "ad", "--out", "merged", "--max-shard-size", "12XB"], "--max-shard-size 12XB: give a size in KB, MB, GB or TB"),
+    (["export", "--adapter", "ad", "--out", "d.json"], "--out d.json: already exists and is not an empty folder"),
+    (["train", "run.yaml", "finetune.adapter=ad_truncated", "train.output_dir=out2"], TRUNCATED),
+    (["train", "run.yaml", "model.path=base_truncated", "train.output_dir=out3"], TRUNCATED),
+    (["train", "run.yaml", "model.path=d.json", "train.output_dir=out4"], "is a file; give the model's folder"),
+]
+
+
+@pytest.mark.parametrize("args, needle", CASES_DAMAGED)
+def test_damaged_folders_are_named_in_one_line(damaged, args, needle):
+    def inputs():  # what the user had; a refused train run may still leave its run.yaml in its own output_dir
+        return {k: v for k, v in snapshot(damaged).items() if not k.startswith("out")}
+
+    before = inputs()
+    refused(lmtune(*args, stdin="", cwd=damaged), needle)
+    assert not (damaged / "merged").exists() and not any(damaged.glob(".merged*"))
+    assert inputs() == before
+
+
+def test_a_moved_base_model_is_named_with_the_fix(damaged, tmp_path):
+    import shutil
+
+    moved = tmp_path / "ad"
+    shutil.copytree(damaged / "ad", moved)
+    run = yaml.safe_load((moved / "run.yaml").read_text())
+    run["model"]["path"] = str(tmp_path / "gone")
+    (moved / "run.yaml").write_text(yaml.safe_dump(run), encoding="utf-8")
+    refused(lmtune("chat", "--adapter", moved, stdin=""), f"the base model named in {moved / 'run.yaml'} is not at {tmp_path / 'gone'} any more; pass --model DIR")
+
+
+def test_a_malformed_template_file_names_its_line(project):
+    (project / "mine.yaml").write_text("mine:\n  user: [oops\n", encoding="utf-8")
+    refused(lmtune("train", "run.yaml", "data.template_file=mine.yaml", cwd=project), "mine.yaml:3: malformed YAML")

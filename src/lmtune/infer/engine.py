@@ -188,11 +188,16 @@ def load_engine(
     """Base model + optional adapter, the base optionally in 4 or 8 bits (bitsandbytes, GPU).
     Template and settings default to the run.yaml that training wrote into the adapter (or
     full-model) folder."""
+    for flag, folder in (("--adapter", adapter), ("--model", model)):
+        if folder and not Path(folder).exists():
+            raise LmtuneError(f"{flag} {folder}: no such folder")
     run_dir = adapter or model
     run = load_run_config(run_dir) if run_dir else None
     base = model or (run.model.path if run else None)
     if base is None:
         raise LmtuneError("no base model: pass --model DIR (the adapter folder has no run.yaml naming it)")
+    if not model and not Path(base).exists():
+        raise LmtuneError(f"the base model named in {Path(run_dir) / 'run.yaml'} is not at {base} any more; pass --model DIR")
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
     tokenizer = load_tokenizer(tokenizer_dir)
     chosen = _choose_template(template, run, run_dir, tokenizer)

@@ -9,6 +9,7 @@ import torch
 
 from lmtune.config import FinetuneConfig, FreezeConfig, LoraConfig, PromptLearningConfig
 from lmtune.errors import AdapterError
+from lmtune.files import check_safetensors, read_json
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -84,9 +85,23 @@ def transformer_blocks(model) -> torch.nn.ModuleList:
 
 
 def load_adapter_dir(path: str) -> str:
-    if not (Path(path) / "adapter_config.json").is_file():
-        raise AdapterError(f"finetune.adapter: '{path}' holds no adapter (adapter_config.json missing)")
+    check_adapter_files(Path(path), "finetune.adapter: ")
     return path
+
+
+def check_adapter_files(path: Path, what: str = "") -> None:
+    """The folder exists, its adapter_config.json parses and its weights' header reads, so a
+    damaged adapter is named before PEFT fails on it with a traceback."""
+    if not path.is_dir():
+        raise AdapterError(f"{what}adapter folder '{path}' does not exist")
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterError(f"{what}'{path}' holds no adapter (adapter_config.json missing)")
+    if not isinstance(read_json(path / "adapter_config.json", AdapterError), dict):
+        raise AdapterError(f"{path / 'adapter_config.json'}: expected a JSON object (an adapter config)")
+    if (path / ADAPTER_FILE).is_file():
+        check_safetensors(path / ADAPTER_FILE, AdapterError)
+    elif not (path / "adapter_model.bin").is_file():
+        raise AdapterError(f"{what}'{path}' has adapter_config.json but no weights ({ADAPTER_FILE} missing); was the save interrupted?")
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
@@ -175,6 +190,5 @@ def load_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 
     path = Path(adapter_dir)
-    if not (path / "adapter_config.json").is_file():
-        raise AdapterError(f"'{path}' holds no adapter (adapter_config.json missing)")
+    check_adapter_files(path)
     return PeftModel.from_pretrained(model, path)

@@ -4,12 +4,13 @@ written in, and the run's config and template, so `lmtune chat --model OUT` need
 
 from __future__ import annotations
 
-import json
+import re
 import shutil
 from pathlib import Path
 
 from lmtune.config import load_run_config
-from lmtune.errors import LmtuneError
+from lmtune.errors import LmtuneError, ModelError
+from lmtune.files import read_json
 from lmtune.model.adapters import load_adapter
 from lmtune.model.load import DTYPES, check_model_dir, load_model, load_tokenizer
 from lmtune.templates.jinja import to_jinja
@@ -23,15 +24,34 @@ def export(out: Path, model: str | None = None, adapter: str | None = None, max_
     base = model or (run.model.path if run else None)
     if base is None:
         raise LmtuneError("pass --model DIR (the adapter folder has no run.yaml naming its base model)")
+    _check_shard_size(max_shard_size)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LmtuneError(f"--out {out}: already exists and is not an empty folder; choose a new folder for the merged model")
     _refuse_quantized(check_model_dir(base), dequantize)
     merged = load_model(base, "float32")  # merge in fp32; cast once at the end
     if adapter:
         merged = _merge(load_adapter(merged, adapter), adapter)
     merged = merged.to(DTYPES[dtype])
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out, max_shard_size=max_shard_size)
-    _save_tokenizer_and_run(out, adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base, run_dir)
+    # Written beside the target and renamed at the end: a failure never leaves half a model at --out.
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        merged.save_pretrained(partial, max_shard_size=max_shard_size)
+        _save_tokenizer_and_run(partial, adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base, run_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    partial.rename(out)
     return out
+
+
+def _check_shard_size(size: str) -> None:
+    # The units huggingface_hub's save accepts; checked before the merge, not after it.
+    if not re.fullmatch(r"\s*\d*\.?\d+\s*[KMGT]B\s*", size, re.IGNORECASE) or not float(re.sub(r"[^\d.]", "", size)) > 0:
+        raise LmtuneError(f"--max-shard-size {size}: give a size in KB, MB, GB or TB, such as 500MB or 2GB")
 
 
 def _merge(peft_model, adapter: str):
@@ -41,7 +61,7 @@ def _merge(peft_model, adapter: str):
 
 
 def _refuse_quantized(base: Path, dequantize: bool) -> None:
-    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    config = read_json(base / "config.json", ModelError)
     if "quantization_config" in config and not dequantize:
         raise LmtuneError(
             f"{base} is quantised ({config['quantization_config'].get('quant_method', 'unknown')}); merging into "

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lmtune.errors import ConfigError, ModelError
+from lmtune.files import check_model_files, read_json
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def check_model_dir(path: str | Path) -> Path:
     path = Path(path)
+    if path.is_file():
+        raise ModelError(f"model path '{path}' is a file; give the model's folder (config.json, weights and tokenizer)")
     if not path.is_dir():
         raise ModelError(f"model folder '{path}' does not exist")
     if not (path / "config.json").is_file():
@@ -41,7 +44,12 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     path = Path(path)
     if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
         raise ModelError(f"no tokenizer in '{path}' (tokenizer.json / tokenizer_config.json missing)")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    if (path / "config.json").is_file():
+        read_json(path / "config.json", ModelError)  # transformers reads it too, and names neither line nor cause
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    except Exception as exc:  # the Rust tokenizers library raises bare Exceptions for a damaged tokenizer.json
+        raise ModelError(f"could not load the tokenizer in '{path}': {' '.join(str(exc).split())[:300]}") from exc
     ensure_pad_token(tokenizer)
     return tokenizer
 
@@ -83,6 +91,7 @@ def load_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = 
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(path)
+    check_model_files(path)
     torch_dtype = resolve_dtype(dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(

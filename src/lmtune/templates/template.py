@@ -31,6 +31,7 @@ import yaml
 
 from lmtune.data.records import ASSISTANT, FUNCTION, OBSERVATION, USER, Conversation, Turn
 from lmtune.errors import DataError, LmtuneError
+from lmtune.files import read_yaml
 from lmtune.templates.tools import STYLES, Style, check_tools, join, parse_calls
 
 TEMPLATE_FILE = "template.yaml"  # written into every training output folder
@@ -317,7 +318,7 @@ def load_templates(extra_file: str | Path | None = None) -> dict[str, Template]:
         path = Path(extra_file)
         if not path.is_file():
             raise LmtuneError(f"template file not found: {path}")
-        templates.update(parse_templates(yaml.safe_load(path.read_text(encoding="utf-8")), str(path)))
+        templates.update(parse_templates(read_yaml(path), str(path)))
     return templates
 
 
