@@ -68,7 +68,13 @@ def build_model(
             **special,
         )
     elif arch == "bloom":
-        config = BloomConfig(hidden_size=hidden_size, n_layer=layers, n_head=heads, **special)
+        # Bloom normalises its embeddings (word_embeddings_layernorm) to unit scale; blocks drawn at Bloom's
+        # default std of 0.02 would add ~0.005 to that, so a random Bloom predicts each token from itself alone,
+        # and context, real or learned (ptuning, prefix, prompt), barely reaches the loss (gradients ~100x
+        # smaller than a tiny Llama's). At 1/sqrt(width) its blocks write as much as they read, as trained ones do.
+        config = BloomConfig(
+            hidden_size=hidden_size, n_layer=layers, n_head=heads, initializer_range=hidden_size**-0.5, **special
+        )
     else:
         raise ValueError(f"unknown tiny architecture '{arch}'")
     torch.manual_seed(seed)
