@@ -1,6 +1,7 @@
 """`lmtune data …` through the real entry point."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -82,3 +83,36 @@ def test_data_errors_are_one_line(tmp_path):
     result = lmtune("data", "inspect", "missing.json", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: data file not found: missing.json (and no data/dataset_info.json to look it up)"
+
+
+def _cells(table: str) -> str:
+    """The value column of an inspect table, lines joined and whitespace dropped (folding and wrapping move it)."""
+    values = [line.split("│")[2] for line in table.splitlines() if line.count("│") == 3]
+    return "".join("".join(values).split())
+
+
+@pytest.mark.parametrize("width", ["200", "60"])
+def test_inspect_shows_chinese_and_long_locations_in_full(tmp_path, width):
+    zh = "这是一个很长的中文句子，没有空格可以换行。" * 12
+    rows = [{"instruction": zh, "input": "", "output": "好。"}] + [{"instruction": f"q{i}", "output": "a"} for i in range(5817)]
+    folder = tmp_path / "a-folder-name-long-enough-to-need-more-than-one-line"
+    folder.mkdir()
+    path = folder / "records.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"instruction": "no answer"}\n', encoding="utf-8")
+    env = {**os.environ, "COLUMNS": width}
+    result = subprocess.run([sys.executable, "-m", "lmtune", "data", "inspect", str(path)], capture_output=True, text=True,
+                            encoding="utf-8", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    shown = _cells(result.stdout)
+    assert zh in shown and f"{path}:5819:recordhasno'output'field" in shown
+    assert "│ line 1 " in result.stdout and "example" not in result.stdout  # a record's label is its line in the file
+
+
+@pytest.mark.parametrize("command", ["encode", "convert"])
+def test_a_bad_record_names_the_commands_own_flag(tmp_path, char_tokenizer, command):
+    (tmp_path / "d.jsonl").write_text('{"instruction": "hi", "output": "ok"}\n{"instruction": "hi"}\n', encoding="utf-8")
+    flags = {"encode": ["--template", "vicuna", "--tokenizer", char_tokenizer[0]], "convert": ["--to", "sharegpt"]}[command]
+    result = lmtune("data", command, *(["--data"] if command == "encode" else []), "d.jsonl", *flags, "--out", "o.jsonl", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith("(pass --on-error skip to set bad records aside in rejected.jsonl)")
+    assert "data.on_error" not in result.stderr

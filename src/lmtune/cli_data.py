@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lmtune.config import DATA_FORMATS, DataConfig, FiltersConfig
-from lmtune.errors import ConfigError
+from lmtune.errors import BadRecordError, ConfigError
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, convert, split, mix, filter and encode data files.")
 console = Console(stderr=True, soft_wrap=True)
@@ -44,6 +45,15 @@ def _encoder(tokenizer: Optional[str], template: str, cutoff_len: int, train_on:
     return Encoder(load_tokenizer(tokenizer), get_template(template), cutoff_len, train_on) if tokenizer else None
 
 
+@contextmanager
+def _on_error_flag():
+    """A bad record stops these commands with how to skip it: their own --on-error flag, not the config key."""
+    try:
+        yield
+    except BadRecordError as exc:
+        raise exc.with_fix("pass --on-error skip") from None
+
+
 def _report(written) -> None:
     console.print(f"data: {written.report.summary()}")
     for path, count in written.files.items():
@@ -66,7 +76,7 @@ def inspect(
 
     stats = inspect_data(_config(files, dataset_dir, format=fmt, on_error="skip"), _encoder(tokenizer, template, 2**31), examples)
     for s in stats:
-        table = Table(title=s.path, show_header=False, title_justify="left")
+        table = _inspect_table(s.path)
         table.add_row("format / encoding", f"{s.format} / {s.encoding}")
         table.add_row("records", f"{s.read} read, {s.read - len(s.rejected)} valid, {len(s.rejected)} rejected")
         if s.turns:
@@ -82,8 +92,17 @@ def inspect(
             table.add_row("[red]rejected[/]", f"{row['source']}: {row['reason']}")
         for conv in s.examples:
             turns = [f"[bold]{t.role}[/]: {t.content}" + (f" | {t.input}" if t.input else "") for t in conv.turns]
-            table.add_row(f"example {conv.source.rsplit(':', 1)[-1]}", "\n".join(([f"[bold]system[/]: {conv.system}"] if conv.system else []) + turns))
+            table.add_row(f"line {conv.source.rsplit(':', 1)[-1]}", "\n".join(([f"[bold]system[/]: {conv.system}"] if conv.system else []) + turns))
         out_console.print(table)
+
+
+def _inspect_table(title: str) -> Table:
+    """Two columns that show everything: labels whole, values folded at the edge. Rich's default
+    ellipsis cut Chinese (no spaces to wrap at) and long file:line locations at any width."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(no_wrap=True, min_width=len("turns per conversation"))
+    table.add_column(overflow="fold")
+    return table
 
 
 @data_app.command()
@@ -101,7 +120,8 @@ def convert(
 
     if to not in TARGETS:
         raise ConfigError(f"--to {to}: choose one of {', '.join(TARGETS)}")
-    _report(export.convert(_config(files, dataset_dir, format=fmt, on_error=on_error), to, out))
+    with _on_error_flag():
+        _report(export.convert(_config(files, dataset_dir, format=fmt, on_error=on_error), to, out))
 
 
 @data_app.command()
@@ -117,7 +137,8 @@ def split(
     """Seeded random train/dev split of the original records."""
     from lmtune.data import export
 
-    _report(export.split(_config(files, dataset_dir, format=fmt, on_error=on_error, val_size=val_size), out_dir, seed))
+    with _on_error_flag():
+        _report(export.split(_config(files, dataset_dir, format=fmt, on_error=on_error, val_size=val_size), out_dir, seed))
 
 
 @data_app.command()
@@ -141,7 +162,8 @@ def mix(
     except ValueError as exc:
         raise ConfigError(f"mix values must be numbers: {exc}") from exc
     config = _config([name for name, _, _ in pairs], dataset_dir, on_error=on_error, mix=mix_values)
-    _report(export.convert(config, to, out, seed))
+    with _on_error_flag():
+        _report(export.convert(config, to, out, seed))
 
 
 @data_app.command("filter")
@@ -169,7 +191,8 @@ def filter_(
     except ValueError as exc:
         raise ConfigError(" ".join(str(exc).split())) from exc
     config = _config(files, dataset_dir, format=fmt, on_error=on_error, filters=filters)
-    _report(export.filter_records(config, load_tokenizer(tokenizer) if tokenizer else None, out))
+    with _on_error_flag():
+        _report(export.filter_records(config, load_tokenizer(tokenizer) if tokenizer else None, out))
 
 
 @data_app.command()
@@ -190,7 +213,8 @@ def encode(
 
     config = _config(data, dataset_dir, format=fmt, on_error=on_error, template=template, cutoff_len=cutoff_len, train_on=train_on)
     encoder = _encoder(tokenizer, template, cutoff_len, config.train_on)
-    _report(export.encode(config, encoder, out))
+    with _on_error_flag():
+        _report(export.encode(config, encoder, out))
     for line in out.read_text(encoding="utf-8").splitlines()[:show]:
         out_console.print(_spans(json.loads(line), encoder.tokenizer), "", highlight=False)
 

@@ -1,5 +1,7 @@
 """Errors meant for users: the CLI prints their message on one line and exits with status 2."""
 
+from __future__ import annotations
+
 
 class LmtuneError(Exception):
     """A problem the user can fix; the message says what was wrong, where, and what to do."""
@@ -23,3 +25,15 @@ class ModelError(LmtuneError):
 
 class AdapterError(LmtuneError):
     pass
+
+
+class BadRecordError(DataError):
+    """A bad record stopped the run (on_error: raise). The message ends with how to set such records
+    aside: the config key by default; a command with its own --on-error flag names the flag instead."""
+
+    def __init__(self, problem: str, aside: str, fix: str = "set data.on_error: skip"):
+        self.problem, self.aside = problem, aside
+        super().__init__(f"{problem} ({fix} {aside})")
+
+    def with_fix(self, fix: str) -> BadRecordError:
+        return BadRecordError(self.problem, self.aside, fix)

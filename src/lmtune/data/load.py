@@ -25,7 +25,7 @@ from lmtune.data.hub import hub_records
 from lmtune.data.readers import RawRecord, open_records
 from lmtune.data.records import Conversation
 from lmtune.data.registry import DatasetSpec, check_record, media_columns, resolve_datasets
-from lmtune.errors import DataError, RecordError
+from lmtune.errors import BadRecordError, DataError, RecordError
 
 REJECTED_FILE = "rejected.jsonl"
 FILTERED_FILE = "filtered.jsonl"
@@ -209,7 +209,7 @@ def _parsed(raw: RawRecord) -> dict:
 
 def _reject(report: LoadReport, file_report: FileReport, raw: RawRecord, reason: str, on_error: str) -> None:
     if on_error == "raise":
-        raise DataError(f"{raw.where}: {reason} (set data.on_error: skip to set bad records aside in {REJECTED_FILE})")
+        raise BadRecordError(f"{raw.where}: {reason}", f"to set bad records aside in {REJECTED_FILE}")
     file_report.rejected += 1
     row = {"source": raw.where, "reason": reason}
     row.update({"record": raw.record} if raw.record is not None else {"raw": raw.raw})
