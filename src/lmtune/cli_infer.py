@@ -17,7 +17,7 @@ from lmtune.errors import LmtuneError
 
 console = Console(stderr=True, soft_wrap=True)
 
-MODEL = typer.Option(None, "--model", help="Base model folder (default: the one the adapter was trained on).")
+MODEL = typer.Option(None, "--model", help="Base model folder or hub id ORG/NAME (default: the one the adapter was trained on).")
 ADAPTER = typer.Option(None, "--adapter", help="Adapter folder written by `lmtune train`.")
 TEMPLATE = typer.Option(None, "--template", help="Prompt template (default: the one used in training).")
 
@@ -178,7 +178,7 @@ def evaluate(
             return lambda n: progress.advance(task, n)
 
         if with_base:
-            with base_of(engine, run.model.path) as base:
+            with base_of(engine, run.model) as base:
                 results["base"] = run_suite(base, suite, out, "base", track)
         label = "fine-tune" if with_base else "model"
         results[label] = run_suite(engine, suite, out, label, track)

@@ -25,7 +25,13 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    path: str = Field(description="Local Hugging Face model folder (config.json + weights).")
+    path: str = Field(
+        description="Local Hugging Face model folder (config.json + weights), or a hub id such as Qwen/Qwen2.5-0.5B-Instruct: "
+        "downloaded into the Hugging Face cache, read from it offline (HF_HUB_OFFLINE=1)."
+    )
+    revision: str | None = Field(
+        None, description="Branch, tag or commit of a hub model.path; training records the commit it used here."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; auto = fp32 on CPU, bf16 on GPUs that support it, else fp16."
     )
@@ -497,7 +503,8 @@ def save_run_config(config: RunConfig, output_dir: Path) -> Path:
 
 def resolve_paths(config: RunConfig) -> RunConfig:
     """Absolute model/data paths, so run.yaml works from any directory later."""
-    config.model.path = str(Path(config.model.path).expanduser().resolve())
+    if Path(config.model.path).expanduser().exists():  # else a hub id (Qwen/Qwen2.5-0.5B), kept as written
+        config.model.path = str(Path(config.model.path).expanduser().resolve())
     config.data.path = [str(Path(p).expanduser().resolve()) for p in config.data.path]
     config.data.dataset_dir = str(Path(config.data.dataset_dir).expanduser().resolve())
     config.data.cache_dir = str(Path(config.data.cache_dir).expanduser().resolve())

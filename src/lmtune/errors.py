@@ -37,3 +37,9 @@ class BadRecordError(DataError):
 
     def with_fix(self, fix: str) -> BadRecordError:
         return BadRecordError(self.problem, self.aside, fix)
+
+
+def first_line(exc: BaseException) -> str:
+    """A library's error in one line: its first (libraries put the cause there, then advice or a dump)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lmtune.config import ModelConfig
 from lmtune.data.encode import IGNORE_INDEX, Encoder, pad_batch
 from lmtune.data.records import Conversation
 from lmtune.evaluate.metrics import score
@@ -92,16 +93,17 @@ def dev_loss(
 
 
 @contextmanager
-def base_of(engine: Engine, base_path: str | None) -> Iterator[Engine]:
+def base_of(engine: Engine, trained: ModelConfig) -> Iterator[Engine]:
     """The model a fine-tune started from, prompted the same way: the adapter switched off, or
     (for a full fine-tune) the base weights loaded beside it."""
     if hasattr(engine.model, "disable_adapter"):
         with engine.model.disable_adapter():
             yield engine
         return
+    from lmtune.model.hub import base_folder
     from lmtune.model.load import align_special_tokens, load_model
 
-    model = load_model(base_path, "auto")
+    model = load_model(base_folder(trained.path, trained), "auto")
     align_special_tokens(model, engine.tokenizer)
     yield Engine(model, engine.tokenizer, engine.template, engine.settings)
 

@@ -21,6 +21,7 @@ from lmtune.data.encode import Encoder, pad_batch
 from lmtune.data.records import Conversation
 from lmtune.errors import LmtuneError
 from lmtune.model.adapters import load_adapter
+from lmtune.model.hub import base_folder, is_hub_id
 from lmtune.model.load import align_special_tokens, load_model, load_tokenizer, quantization
 from lmtune.templates.hf import template_for
 from lmtune.templates.template import TEMPLATE_FILE, Template, get_template
@@ -189,15 +190,16 @@ def load_engine(
     Template and settings default to the run.yaml that training wrote into the adapter (or
     full-model) folder."""
     for flag, folder in (("--adapter", adapter), ("--model", model)):
-        if folder and not Path(folder).exists():
+        if folder and not Path(folder).exists() and not (flag == "--model" and is_hub_id(folder)):
             raise LmtuneError(f"{flag} {folder}: no such folder")
     run_dir = adapter or model
     run = load_run_config(run_dir) if run_dir else None
     base = model or (run.model.path if run else None)
     if base is None:
         raise LmtuneError("no base model: pass --model DIR (the adapter folder has no run.yaml naming it)")
-    if not model and not Path(base).exists():
+    if not model and not Path(base).exists() and not is_hub_id(base):
         raise LmtuneError(f"the base model named in {Path(run_dir) / 'run.yaml'} is not at {base} any more; pass --model DIR")
+    base = base_folder(base, run.model if run else None)
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
     tokenizer = load_tokenizer(tokenizer_dir)
     chosen = _choose_template(template, run, run_dir, tokenizer)

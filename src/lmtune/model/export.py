@@ -12,6 +12,7 @@ from lmtune.config import load_run_config
 from lmtune.errors import LmtuneError, ModelError
 from lmtune.files import read_json
 from lmtune.model.adapters import load_adapter
+from lmtune.model.hub import base_folder
 from lmtune.model.load import DTYPES, check_model_dir, load_model, load_tokenizer
 from lmtune.templates.jinja import to_jinja
 from lmtune.templates.template import TEMPLATE_FILE, get_template
@@ -27,6 +28,7 @@ def export(out: Path, model: str | None = None, adapter: str | None = None, max_
     _check_shard_size(max_shard_size)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LmtuneError(f"--out {out}: already exists and is not an empty folder; choose a new folder for the merged model")
+    base = base_folder(base, run.model if run else None)
     _refuse_quantized(check_model_dir(base), dequantize)
     merged = load_model(base, "float32")  # merge in fp32; cast once at the end
     if adapter:

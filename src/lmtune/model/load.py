@@ -1,4 +1,4 @@
-"""Load a local Hugging Face causal LM and its tokenizer: dtype, pad token, id checks."""
+"""Load a causal LM and its tokenizer from a local folder (model.hub turns hub ids into one): dtype, pad token, id checks."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def check_model_dir(path: str | Path) -> Path:
         raise ModelError(f"model folder '{path}' does not exist")
     if not (path / "config.json").is_file():
         raise ModelError(
-            f"model folder '{path}' has no config.json; lmtune loads local Hugging Face folders "
-            "(fetch one beforehand, e.g. `hf download ORG/NAME --local-dir DIR`)"
+            f"model folder '{path}' has no config.json; give a Hugging Face model folder, or a hub id "
+            "such as Qwen/Qwen2.5-0.5B-Instruct"
         )
     return path
 

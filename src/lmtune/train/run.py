@@ -18,6 +18,7 @@ from lmtune.data.pretrain import blocks
 from lmtune.data.registry import resolve_datasets
 from lmtune.errors import ConfigError
 from lmtune.model.adapters import apply_method, verify_adapter
+from lmtune.model.hub import resolve_model
 from lmtune.model.load import (
     align_special_tokens,
     check_model_dir,
@@ -52,9 +53,9 @@ def train(config: RunConfig) -> TrainResult:
 
     config = resolve_paths(config)
     output_dir = Path(config.train.output_dir)
-    check_model_dir(config.model.path)
     resolve_datasets(config.data)  # missing files and unknown dataset names fail before any loading
     _check_engines(config)
+    model_dir = _model_dir(config)  # before run.yaml is written, which then names the commit of a hub model
     # Under torchrun this joins the process group (gloo on CPU, NCCL on GPUs); without cpu=True
     # accelerate would not see a CPU-only launch as distributed at all.
     processes = PartialState(cpu=not torch.cuda.is_available())
@@ -63,7 +64,7 @@ def train(config: RunConfig) -> TrainResult:
         claim(output_dir, config.train.resume, config.train.overwrite_output_dir)
         save_run_config(config, output_dir)  # written first, so even a failed run says what it was
 
-    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+    tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
     template = template_for(config.data.template, tokenizer, config.data.template_file)
     encoder = Encoder(tokenizer, template, config.data.cutoff_len, config.data.train_on)
     with processes.main_process_first():  # rank 0 encodes and caches; the others read its cache
@@ -71,7 +72,7 @@ def train(config: RunConfig) -> TrainResult:
     if main:
         _log_data(data, output_dir)
 
-    model = _load_model(config)
+    model = _load_model(config, model_dir)
     align_special_tokens(model, tokenizer)
     check_token_ids(max(max(s.input_ids) for s in data.train + data.dev), model, tokenizer)
     model, initial = _prepare_method(model, config)
@@ -158,12 +159,19 @@ def _rows(samples: list[Sample]) -> list[dict]:
     return [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
 
 
-def _load_model(config: RunConfig):
+def _model_dir(config: RunConfig) -> Path:
+    """The model's local folder. A hub id is fetched into (or, offline, read from) the Hugging Face
+    cache, and the commit it resolved to is kept as model.revision, so the run can be repeated exactly."""
+    folder, config.model.revision = resolve_model(config.model.path, config.model.revision)
+    return check_model_dir(folder)
+
+
+def _load_model(config: RunConfig, model_dir: Path):
     dtype = config.model.dtype
     if config.finetune.method in ("full", "freeze") and resolve_dtype(dtype) == torch.float16:
         dtype = "float32"  # fp16 master weights cannot be unscaled; AMP keeps fp32 weights and fp16 math
     quant = quantization(config.finetune.quant) if config.finetune.method == "qlora" else None
-    model = load_model(config.model.path, dtype, config.model.trust_remote_code, quantization_config=quant)
+    model = load_model(model_dir, dtype, config.model.trust_remote_code, quantization_config=quant)
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
