@@ -73,11 +73,15 @@ def test_a_code_page_is_never_guessed_when_candidates_read_different_letters(pro
     latin1.write_bytes(json.dumps({"instruction": "Dessert ?", "output": "Crème brûlée et café."}, ensure_ascii=False).encode("latin-1") + b"\n")
     before = snapshot(project)
     result = lmtune("train", "run.yaml", "data.path=fr.jsonl", cwd=project)
-    message = refused(result, str(latin1), "the text encoding is ambiguous", "cp1252 reads 'Crème'", "set data.encoding")
+    message = refused(result, str(latin1), "the text encoding is ambiguous", "cp1252 reads 'Crème'", "data.encoding, or --encoding")
     assert "cp1250 reads 'Crčme'" in message
     assert snapshot(project) == {**before, **{k: v for k, v in snapshot(project).items() if k.startswith("out/")}}
-    named = lmtune("data", "convert", "fr.jsonl", "--to", "sharegpt", "--out", "fr.sharegpt.jsonl", cwd=project)
-    assert named.returncode == 2  # the data commands refuse it alike
+    refused(lmtune("data", "convert", "fr.jsonl", "--to", "sharegpt", "--out", "fr.sharegpt.jsonl", cwd=project), "ambiguous")
+    named = lmtune("data", "convert", "fr.jsonl", "--to", "sharegpt", "--out", "fr.sharegpt.jsonl", "--encoding", "cp1252", cwd=project)
+    assert named.returncode == 0, named.stderr
+    assert "Crème brûlée" in (project / "fr.sharegpt.jsonl").read_text(encoding="utf-8")
+    trained = lmtune("train", "run.yaml", "data.path=fr.jsonl", "data.encoding=cp1252", cwd=project)
+    assert trained.returncode == 0 and f"data: {latin1} read as cp1252 text" in trained.stderr
 
 
 def test_declared_encoding_reads_the_file(project):

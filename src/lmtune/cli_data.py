@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lmtune.config import DATA_FORMATS, DataConfig, FiltersConfig
+from lmtune.config import DATA_FORMATS, DataConfig, FiltersConfig, flag_problems
 from lmtune.errors import BadRecordError, ConfigError
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, convert, split, mix, filter and encode data files.")
@@ -22,7 +23,10 @@ out_console = Console(soft_wrap=True)
 FORMAT = typer.Option("auto", "--format", help=f"Input format: {', '.join(DATA_FORMATS)}.")
 ON_ERROR = typer.Option("raise", "--on-error", help="raise: stop at the first bad record; skip: set it aside.")
 SEED = typer.Option(42, "--seed", help="Seed for sampling and splits.")
+# DataConfig fields whose flag is not simply --field-name
+FLAGS = {"format": "--format", "languages": "--language", "path": "FILES", "dataset": "FILES", "mix": "FILE=SHARE|COUNT"}
 DATASET_DIR = typer.Option("data", "--dataset-dir", help="Folder with dataset_info.json, for dataset names.")
+ENCODING = typer.Option("auto", "--encoding", help="Text encoding of the files (utf-8, gb18030, big5, cp1252 …); auto detects it.")
 
 
 def _config(inputs: list[str], dataset_dir: str = "data", **settings) -> DataConfig:
@@ -33,8 +37,8 @@ def _config(inputs: list[str], dataset_dir: str = "data", **settings) -> DataCon
         raise ConfigError(f"data file not found: {names[0]} (and no {dataset_dir}/dataset_info.json to look it up)")
     try:
         return DataConfig(path=paths, dataset=names, dataset_dir=dataset_dir, cache=False, **settings)
-    except ValueError as exc:
-        raise ConfigError(" ".join(str(exc).split())) from exc
+    except ValidationError as exc:
+        raise ConfigError(flag_problems(exc, FLAGS)) from None
 
 
 def _encoder(tokenizer: Optional[str], template: str, cutoff_len: int, train_on: str = "all_assistant"):
@@ -70,11 +74,12 @@ def inspect(
     fmt: str = FORMAT,
     examples: int = typer.Option(2, "--examples", help="Conversations to show per file."),
     dataset_dir: str = DATASET_DIR,
+    encoding: str = ENCODING,
 ):
     """Format, encoding, record counts, turns, token lengths, languages and examples per file."""
     from lmtune.data.inspect import inspect_data
 
-    stats = inspect_data(_config(files, dataset_dir, format=fmt, on_error="skip"), _encoder(tokenizer, template, 2**31), examples)
+    stats = inspect_data(_config(files, dataset_dir, encoding=encoding, format=fmt, on_error="skip"), _encoder(tokenizer, template, 2**31), examples)
     for s in stats:
         table = _inspect_table(s.path)
         table.add_row("format / encoding", f"{s.format} / {s.encoding}")
@@ -113,6 +118,7 @@ def convert(
     fmt: str = FORMAT,
     on_error: str = ON_ERROR,
     dataset_dir: str = DATASET_DIR,
+    encoding: str = ENCODING,
 ):
     """Rewrite data in another format (UTF-8 JSON lines)."""
     from lmtune.data import export
@@ -121,7 +127,7 @@ def convert(
     if to not in TARGETS:
         raise ConfigError(f"--to {to}: choose one of {', '.join(TARGETS)}")
     with _on_error_flag():
-        _report(export.convert(_config(files, dataset_dir, format=fmt, on_error=on_error), to, out))
+        _report(export.convert(_config(files, dataset_dir, encoding=encoding, format=fmt, on_error=on_error), to, out))
 
 
 @data_app.command()
@@ -133,12 +139,13 @@ def split(
     on_error: str = ON_ERROR,
     seed: int = SEED,
     dataset_dir: str = DATASET_DIR,
+    encoding: str = ENCODING,
 ):
     """Seeded random train/dev split of the original records."""
     from lmtune.data import export
 
     with _on_error_flag():
-        _report(export.split(_config(files, dataset_dir, format=fmt, on_error=on_error, val_size=val_size), out_dir, seed))
+        _report(export.split(_config(files, dataset_dir, encoding=encoding, format=fmt, on_error=on_error, val_size=val_size), out_dir, seed))
 
 
 @data_app.command()
@@ -149,6 +156,7 @@ def mix(
     on_error: str = ON_ERROR,
     seed: int = SEED,
     dataset_dir: str = DATASET_DIR,
+    encoding: str = ENCODING,
 ):
     """Mix datasets by share or count into one file."""
     from lmtune.data import export
@@ -161,7 +169,7 @@ def mix(
         mix_values = {dataset_name(name): float(value) for name, _, value in pairs}
     except ValueError as exc:
         raise ConfigError(f"mix values must be numbers: {exc}") from exc
-    config = _config([name for name, _, _ in pairs], dataset_dir, on_error=on_error, mix=mix_values)
+    config = _config([name for name, _, _ in pairs], dataset_dir, encoding=encoding, on_error=on_error, mix=mix_values)
     with _on_error_flag():
         _report(export.convert(config, to, out, seed))
 
@@ -179,6 +187,7 @@ def filter_(
     fmt: str = FORMAT,
     on_error: str = ON_ERROR,
     dataset_dir: str = DATASET_DIR,
+    encoding: str = ENCODING,
 ):
     """Keep the original records that pass length, language and duplicate filters."""
     from lmtune.data import export
@@ -188,9 +197,9 @@ def filter_(
         filters = FiltersConfig(
             languages=languages, dedup=dedup, min_length=min_length, max_length=max_length, length_unit=length_unit
         )
-    except ValueError as exc:
-        raise ConfigError(" ".join(str(exc).split())) from exc
-    config = _config(files, dataset_dir, format=fmt, on_error=on_error, filters=filters)
+    except ValidationError as exc:
+        raise ConfigError(flag_problems(exc, FLAGS)) from None
+    config = _config(files, dataset_dir, encoding=encoding, format=fmt, on_error=on_error, filters=filters)
     with _on_error_flag():
         _report(export.filter_records(config, load_tokenizer(tokenizer) if tokenizer else None, out))
 
@@ -207,11 +216,12 @@ def encode(
     train_on: str = typer.Option("all_assistant", "--train-on", help="all_assistant | last_assistant | all"),
     show: int = typer.Option(0, "--show", help="Print this many samples with their trained tokens highlighted."),
     dataset_dir: str = DATASET_DIR,
+    encoding: str = ENCODING,
 ):
     """Write input_ids and labels exactly as training sees them."""
     from lmtune.data import export
 
-    config = _config(data, dataset_dir, format=fmt, on_error=on_error, template=template, cutoff_len=cutoff_len, train_on=train_on)
+    config = _config(data, dataset_dir, encoding=encoding, format=fmt, on_error=on_error, template=template, cutoff_len=cutoff_len, train_on=train_on)
     encoder = _encoder(tokenizer, template, cutoff_len, config.train_on)
     with _on_error_flag():
         _report(export.encode(config, encoder, out))

@@ -237,7 +237,9 @@ def deepspeed_config(name_or_path: str) -> str:
         return str(resources.files("lmtune.train").joinpath("deepspeed", f"{name_or_path}.json"))
     if not Path(name_or_path).is_file():
         raise ConfigError(f"train.deepspeed: '{name_or_path}' is neither {', '.join(DEEPSPEED_CONFIGS)} nor a JSON file")
-    if "scheduler" in json.loads(Path(name_or_path).read_text(encoding="utf-8")):
+    from lmtune.files import read_json
+
+    if "scheduler" in read_json(Path(name_or_path), ConfigError):
         raise ConfigError(
             f"train.deepspeed: {name_or_path} brings its own 'scheduler'; it would fight lmtune's and can drive the "
             "learning rate to 0 (BELLE #134). Remove that section: train.lr_scheduler_type sets the schedule"

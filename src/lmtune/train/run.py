@@ -151,6 +151,9 @@ def _check_engines(config: RunConfig) -> None:
 
 def _log_data(data: Prepared, output_dir: Path) -> None:
     log.info("data: %s; %d truncated to cutoff_len", data.report.summary(), data.truncated)
+    for file in data.report.files.values():
+        if file.encoding not in ("utf-8", "utf-8-sig", ""):  # said, so a wrong guess is seen before hours of training
+            log.info("data: %s read as %s text", file.path, file.encoding)
     for path in data.report.write(output_dir):
         log.warning("data: records set aside are listed in %s", path)
 
