@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from lmtune.data.readers import RawRecord
-from lmtune.errors import DataError
+from lmtune.errors import DataError, first_line
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,6 @@ def load(source: HubSource):
     except Exception as exc:  # noqa: BLE001 - datasets raises anything from ValueError to ConnectionError
         raise DataError(
             f"hf_hub_url '{source.url}' (split {source.split}): datasets.load_dataset cannot load it "
-            f"({type(exc).__name__}: {_first_line(exc)}); a hub dataset is read from the datasets cache once "
+            f"({type(exc).__name__}: {first_line(exc)}); a hub dataset is read from the datasets cache once "
             "downloaded (also with HF_DATASETS_OFFLINE=1): download it once, or give a local copy as file_name"
         ) from exc
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no message"

@@ -26,6 +26,7 @@ from lmtune.config import DataConfig
 from lmtune.data.hub import HubSource
 from lmtune.data.readers import data_files
 from lmtune.errors import DataError
+from lmtune.files import read_json
 
 REGISTRY_FILE = "dataset_info.json"
 FORMATTING = {"alpaca": "alpaca", "sharegpt": "sharegpt", "openai": "messages"}
@@ -73,10 +74,7 @@ def load_registry(dataset_dir: Path) -> dict[str, dict]:
     path = dataset_dir / REGISTRY_FILE
     if not path.is_file():
         raise DataError(f"data.dataset names datasets, but {path} does not exist (set data.dataset_dir)")
-    try:
-        registry = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from exc
+    registry = read_json(path, DataError)
     if not isinstance(registry, dict):
         raise DataError(f"{path}: expected an object mapping dataset names to their descriptions")
     return registry
