@@ -239,6 +239,15 @@ def test_preference_data_in_a_plain_file_is_refused_once_with_its_place(data_dir
     )
 
 
+def test_kto_labels_in_a_plain_file_are_refused_not_trained_as_good_answers(tmp_path):
+    path = tmp_path / "kto.jsonl"
+    rows = [{"prompt": "2+2?", "completion": "4", "label": True}, {"prompt": "2+2?", "completion": "5", "label": False}]
+    rows = [{"instruction": r["prompt"], "output": r["completion"], "label": r["label"]} for r in rows]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:1: dataset 'kto' is KTO data .*'label'.* undesirable answers would be trained as good ones"):
+        load_data(DataConfig(path=[str(path)], on_error="skip"))
+
+
 def test_train_on_registry_entries_for_continued_pre_training(tmp_path, data_dir, llama_dir):
     from lmtune.train.run import train
 

@@ -224,6 +224,8 @@ def check_record(record: dict[str, Any], spec: DatasetSpec, drop_media: bool, wh
         raise DataError(preference_data(what, f"fields '{chosen}' and '{rejected}'"))
     if columns.get("kto_tag", "kto_tag") in record:
         raise DataError(kto_data(what, columns.get("kto_tag", "kto_tag")))
+    if isinstance(record.get("label"), bool):  # TRL's KTO layout: an answer with label true/false
+        raise DataError(kto_data(what, "label"))
     media = [(kind, column) for kind, column in media_columns(spec).items() if record.get(column)]
     if media and not drop_media:
         raise DataError(multimodal_data(what, *media[0]))
