@@ -1,11 +1,11 @@
 import torch
 
-from lmtune.infer.engine import _StopStrings, _Stream, cut_at_stop
+from lmtune.infer.engine import _StopStrings, TextStream, cut_at_stop
 
 
 def stream_pieces(tokenizer, ids, stops=()):
     pieces = []
-    stream = _Stream(tokenizer, stops, pieces.append)
+    stream = TextStream(tokenizer, stops, pieces.append)
     stream.put(torch.tensor([[tokenizer.bos_token_id]]))  # generate() hands over the prompt first
     for token in ids:
         stream.put(torch.tensor([token]))

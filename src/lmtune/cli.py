@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lmtune.cli_data import data_app
-from lmtune.cli_infer import ADAPTER, MODEL, chat, eval_app, generate
+from lmtune.cli_infer import ADAPTER, MODEL, TEMPLATE, chat, eval_app, generate
 from lmtune.errors import LmtuneError
 
 app = typer.Typer(
@@ -82,6 +82,45 @@ def export(
         raise LmtuneError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     run_export(out, model, adapter, max_shard_size, dtype, dequantize)
     console.print(f"merged model written to {out}; try: lmtune chat --model {out}")
+
+
+@app.command()
+def serve(
+    model: Optional[str] = MODEL,
+    adapter: Optional[list[str]] = typer.Option(
+        None, "--adapter", help="Adapter folder, or NAME=DIR to serve several adapters on one base by name (repeatable)."
+    ),
+    template: Optional[str] = TEMPLATE,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0 = any free port)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMTUNE_API_KEY", help="Key clients must send (or env LMTUNE_API_KEY)."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Most answers generated together."),
+    max_queue: int = typer.Option(256, "--max-queue", help="Most waiting requests; more get 429."),
+    replicas: int = typer.Option(1, "--replicas", help="Engine worker processes behind the one API."),
+    backend: str = typer.Option("hf", "--backend", help="hf (transformers) or vllm (CUDA GPU)."),
+):
+    """Serve the model over an OpenAI-compatible HTTP API, with a chat page."""
+    from pydantic import ValidationError
+
+    from lmtune.config import ServeConfig, flag_problems
+    from lmtune.serve.server import serve as run_server
+
+    unnamed = [a for a in adapter or [] if not _named(a)]
+    if len(unnamed) > 1:
+        raise LmtuneError(f"--adapter given {len(unnamed)} folders without a name; name the extra ones: --adapter NAME=DIR")
+    named = dict(a.split("=", 1) for a in adapter or [] if _named(a))
+    try:
+        config = ServeConfig(model=model, adapter=unnamed[0] if unnamed else None, adapters=named, template=template, host=host,
+                             port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue, replicas=replicas, backend=backend)
+    except ValidationError as exc:
+        raise LmtuneError(flag_problems(exc, {"adapters": "--adapter"})) from None
+    run_server(config, say=console.print)
+
+
+def _named(adapter: str) -> bool:
+    """NAME=DIR, as opposed to a folder (which may hold '=' further down its path)."""
+    name, sep, _ = adapter.partition("=")
+    return bool(sep and name) and "/" not in name
 
 
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Grow a tokenizer (and its model's embeddings) from a corpus.")

@@ -259,6 +259,29 @@ class GenerateConfig(Section):
     batch_size: int = Field(8, gt=0, description="Records per batch in `lmtune generate`.")
 
 
+class ServeConfig(Section):
+    """`lmtune serve`: what to load and how to serve it. Template and generation defaults come from
+    the run.yaml in the adapter (or model) folder, as for `lmtune chat`."""
+
+    model: str | None = Field(None, description="Base model folder or hub id (default: the one the adapter was trained on).")
+    adapter: str | None = Field(None, description="Adapter folder written by `lmtune train`; its run.yaml gives template and defaults.")
+    adapters: dict[str, str] = Field(default_factory=dict, description="More adapters on the same base, by name: NAME → folder.")
+    template: str | None = Field(None, description="Prompt template (default: the one used in training).")
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 opens the server to the network).")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    api_key: str | None = Field(None, description="Key every request must send as `Authorization: Bearer KEY` (none = open).")
+    max_batch: int = Field(32, gt=0, description="Most requests (choices) generated together in one batch.")
+    max_queue: int = Field(256, gt=0, description="Most requests waiting for a batch; more are refused with 429.")
+    replicas: int = Field(1, ge=1, description="Engine worker processes behind the one API (one per GPU on a multi-GPU machine).")
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: lmtune's batcher over transformers; vllm: hand generation to vLLM.")
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> ServeConfig:
+        if not (self.model or self.adapter or self.adapters):
+            raise ValueError("pass --model DIR, --adapter DIR, or both")
+        return self
+
+
 class RunConfig(Section):
     model: ModelConfig
     data: DataConfig
@@ -478,8 +501,8 @@ def flag_problems(exc: ValidationError, flags: dict[str, str] | None = None) -> 
         elif err["type"] == "literal_error":
             options = re.findall(r"'([^']*)'", err["ctx"]["expected"])
             problems.append(f"{flag}: choose one of {', '.join(options)}{got}")
-        elif err["type"] == "value_error":
-            problems.append(f"{flag}: {err['ctx']['error']}")
+        elif err["type"] == "value_error":  # a whole-model check names its flags itself
+            problems.append(f"{flag}: {err['ctx']['error']}" if field else str(err["ctx"]["error"]))
         else:
             problems.append(f"{flag}: {err['msg']}{got}")
     return "; ".join(problems)

@@ -50,10 +50,10 @@ class Engine:
 
     def chat(self, conv: Conversation, on_text: Callable[[str], None] | None = None) -> Reply:
         """Answer the conversation's last user turn, streaming text pieces to on_text."""
-        stream = _Stream(self.tokenizer, self.stops, on_text or (lambda _: None))
+        stream = TextStream(self.tokenizer, self.stops, on_text or (lambda _: None))
         ids = torch.tensor([self.encoder.prompt_ids(conv)], device=self.model.device)
         output = self._generate(ids, torch.ones_like(ids), streamer=stream)
-        return self._reply(output[0, ids.shape[1] :])
+        return self.reply(output[0, ids.shape[1] :])
 
     def generate(self, convs: list[Conversation]) -> list[Reply]:
         """Answer a batch of conversations at once (left padding)."""
@@ -61,7 +61,7 @@ class Engine:
         batch = pad_batch(prompts, self.tokenizer.pad_token_id, side="left")
         ids = batch["input_ids"].to(self.model.device)
         output = self._generate(ids, batch["attention_mask"].to(self.model.device))
-        return [self._reply(row[ids.shape[1] :]) for row in output]
+        return [self.reply(row[ids.shape[1] :]) for row in output]
 
     # ------------------------------------------------------------ internals
 
@@ -94,7 +94,9 @@ class Engine:
             config.temperature, config.top_p, config.top_k = s.temperature, s.top_p, s.top_k
         return config
 
-    def _reply(self, new_ids: torch.Tensor) -> Reply:
+    def reply(self, new_ids: torch.Tensor, stops: tuple[str, ...] | None = None) -> Reply:
+        """The answer in new_ids (generated token ids): cut at the first end token and stop string
+        (the engine's, or a request's own)."""
         ids = new_ids.tolist()
         end = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
         ended_on_eos = end is not None
@@ -102,7 +104,7 @@ class Engine:
             ids = ids[:end]
         while ids and ids[-1] == self.tokenizer.pad_token_id:  # rows that finished early are filled with pad
             ids.pop()
-        text, hit_stop = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), self.stops)
+        text, hit_stop = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), self.stops if stops is None else stops)
         reason = "stop" if ended_on_eos or hit_stop else "length"
         return Reply(text.rstrip("\ufffd").strip(), reason, len(ids) + ended_on_eos)
 
@@ -139,7 +141,7 @@ class _StopStrings(StoppingCriteria):
         return done
 
 
-class _Stream(BaseStreamer):
+class TextStream(BaseStreamer):
     """Streams decoded text, holding back an incomplete UTF-8 character (decoded as U+FFFD) and
     any tail that could be the start of a stop string."""
 
@@ -147,13 +149,18 @@ class _Stream(BaseStreamer):
         self.tokenizer, self.stops, self.on_text = tokenizer, [s for s in stops if s], on_text
         self.ids: list[int] = []
         self.sent = 0
+        self.stopped = False  # a stop string has appeared: the answer is over
         self.prompt_skipped = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_skipped:  # generate() hands the prompt over first
             self.prompt_skipped = True
             return
-        self.ids.extend(value.reshape(-1).tolist())
+        self.add(value.reshape(-1).tolist())
+
+    def add(self, ids: list[int]) -> None:
+        """New answer tokens (the server's step loop calls this directly)."""
+        self.ids.extend(ids)
         self._flush(final=False)
 
     def end(self) -> None:
@@ -161,6 +168,7 @@ class _Stream(BaseStreamer):
 
     def _flush(self, final: bool) -> None:
         text, stopped = cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
+        self.stopped = stopped
         # A trailing U+FFFD is a character whose bytes have not all arrived, or never will
         # (cut off by max_new_tokens): never show it.
         safe = len(text.rstrip("\ufffd"))

@@ -1,0 +1,219 @@
+"""Requests → prompts → batches: the in-process backend behind the API.
+
+`submit` checks a request and turns it into token ids at once (a bad conversation is a 400 before
+anything waits); one background thread takes up to max_batch queued answers for the same model
+(adapters are never mixed in a batch) and decodes them together. Requests that arrive meanwhile
+wait for the next batch (dynamic batching); finished or abandoned rows leave the running batch at
+every step. Everything a request hears comes as events (plain tuples), so a worker process can
+forward them over a pipe unchanged:
+
+    ("start", prompt_tokens)  ("text", choice, text, logprobs)
+    ("done", choice, text, finish_reason, completion_tokens, logprobs)  ("end",)
+    ("error", status, message, param, code)     "end" and "error" are the last event of a request
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
+from lmtune.errors import LmtuneError
+from lmtune.infer.engine import Engine
+from lmtune.serve.decode import Row, Sampling, decode
+from lmtune.serve.schemas import ApiError
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, tuple], None]  # (request id, event)
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    rows: list[Row]
+    emit: Emit
+    cancelled: bool = False
+    remaining: int = 0
+    ended: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Batcher:
+    def __init__(self, engine: Engine, adapters: dict[str, str | None], max_batch: int, max_queue: int,
+                 on_stats: Callable[[int, int], None] | None = None):
+        """adapters: served model name → peft adapter name, or None for the base (adapters off)."""
+        self.engine, self.adapters = engine, adapters
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.on_stats = on_stats or (lambda queued, running: None)
+        self.queue: deque[Job] = deque()
+        self.jobs: dict[str, Job] = {}
+        self.running = 0
+        self.cond = threading.Condition()
+        threading.Thread(target=self._loop, daemon=True, name="lmtune-batcher").start()
+
+    # ------------------------------------------------------------ called by the API
+
+    def submit(self, job_id: str, request: dict, emit: Emit) -> None:
+        try:
+            job = self._job(job_id, request, emit)
+        except ApiError as exc:
+            return emit(job_id, exc.event())
+        with self.cond:
+            if len(self.queue) >= self.max_queue:
+                return emit(job_id, ApiError(429, f"the server is busy: {self.max_queue} requests are waiting already (--max-queue); retry later",
+                                             code="queue_full").event())
+            emit(job_id, ("start", len(job.rows[0].prompt)))
+            self.queue.append(job)
+            self.jobs[job_id] = job
+            self.cond.notify()
+        self._stats()
+
+    def cancel(self, job_id: str) -> None:
+        """The client went away: drop the request from the queue, or its rows from the running batch."""
+        with self.cond:
+            job = self.jobs.pop(job_id, None)
+            if job:
+                job.cancelled = True
+                if job in self.queue:
+                    self.queue.remove(job)
+        self._stats()
+
+    def stats(self) -> dict:
+        return {"queued": len(self.queue), "running": self.running}
+
+    # ------------------------------------------------------------ the batching thread
+
+    def _loop(self) -> None:
+        while True:
+            jobs = self._take()
+            self.running = sum(len(job.rows) for job in jobs)
+            self._stats()
+            try:
+                self._run(jobs)
+            except Exception as exc:  # a failed batch fails its own requests, never the server
+                log.exception("generation failed")
+                for job in jobs:
+                    if not (job.ended or job.cancelled):
+                        job.ended = True
+                        job.emit(job.id, ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", code="generation_failed").event())
+            finally:
+                with self.cond:
+                    for job in jobs:
+                        self.jobs.pop(job.id, None)
+                self.running = 0
+                self._stats()
+
+    def _take(self) -> list[Job]:
+        """The oldest request and the next ones for the same model, up to max_batch answers."""
+        with self.cond:
+            while not self.queue:
+                self.cond.wait()
+            first = self.queue.popleft()
+            jobs, size = [first], len(first.rows)
+            for job in list(self.queue):
+                if job.model == first.model and size + len(job.rows) <= self.max_batch:
+                    self.queue.remove(job)
+                    jobs.append(job)
+                    size += len(job.rows)
+            return jobs
+
+    def _run(self, jobs: list[Job]) -> None:
+        model, adapter = self.engine.model, self.adapters[jobs[0].model]
+        if adapter is None:
+            scope = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+        else:
+            model.set_adapter(adapter)
+            scope = contextlib.nullcontext()
+        with scope:
+            decode(self.engine, [row for job in jobs for row in job.rows])
+
+    def _stats(self) -> None:
+        self.on_stats(len(self.queue), self.running)
+
+    # ------------------------------------------------------------ requests → rows
+
+    def _job(self, job_id: str, request: dict, emit: Emit) -> Job:
+        prompt, stops = self._prompt(request)
+        sampling = self._sampling(request, len(prompt))
+        job = Job(job_id, request["model"], [], emit, remaining=request.get("n", 1))
+        for index in range(request.get("n", 1)):
+            seed = None if sampling.seed is None else sampling.seed + index  # n answers, each redoable
+            job.rows.append(Row(
+                prompt, Sampling(**{**sampling.__dict__, "seed": seed}), stops,
+                on_text=lambda text, lp, i=index: emit(job_id, ("text", i, text, lp)),
+                on_done=lambda *done, i=index: self._done(job, i, done),
+                cancelled=lambda: job.cancelled,
+            ))
+        return job
+
+    def _done(self, job: Job, index: int, done: tuple) -> None:
+        job.emit(job.id, ("done", index, *done))
+        job.remaining -= 1
+        if job.remaining == 0:
+            job.ended = True
+            job.emit(job.id, ("end",))
+
+    def _prompt(self, request: dict) -> tuple[list[int], tuple[str, ...]]:
+        engine, extra = self.engine, tuple(request.get("stop") or ())
+        if request["kind"] == "completion":  # the raw prompt: no template, so only the client's stops
+            return engine.encoder.bos + engine.tokenizer.encode(request["prompt"], add_special_tokens=False), extra
+        conv = conversation(request["messages"])
+        try:
+            prompt = engine.encoder.prompt_ids(conv)
+        except LmtuneError as exc:
+            raise ApiError(400, f"the template '{engine.template.name}' cannot express this conversation: {exc}", "messages") from None
+        return prompt, tuple(dict.fromkeys((*engine.stops, *extra)))
+
+    def _sampling(self, request: dict, prompt_tokens: int) -> Sampling:
+        """The request's settings over the run's generate defaults; max_tokens fitted to the window."""
+        defaults, given = self.engine.settings, request
+        value = lambda name, default: given[name] if given.get(name) is not None else default  # noqa: E731
+        window = getattr(self.engine.model.config, "max_position_embeddings", None) or 2**31
+        max_tokens = value("max_tokens", None)
+        if max_tokens is None:
+            max_tokens = min(defaults.max_new_tokens, window - prompt_tokens)
+        if prompt_tokens + max_tokens > window or max_tokens < 1:
+            raise ApiError(400, f"This model's maximum context length is {window} tokens. However, you requested "
+                           f"{prompt_tokens + max(max_tokens, 1)} tokens ({prompt_tokens} in the prompt, {max(max_tokens, 1)} in the completion). "
+                           "Please reduce the length of the messages or completion.", "messages", "context_length_exceeded")
+        return Sampling(
+            temperature=value("temperature", defaults.temperature), top_p=value("top_p", defaults.top_p),
+            top_k=value("top_k", defaults.top_k), repetition_penalty=value("repetition_penalty", defaults.repetition_penalty),
+            no_repeat_ngram_size=defaults.no_repeat_ngram_size, presence_penalty=given.get("presence_penalty") or 0.0,
+            frequency_penalty=given.get("frequency_penalty") or 0.0, max_tokens=max_tokens, seed=value("seed", defaults.seed),
+            logprobs=bool(given.get("logprobs")), top_logprobs=given.get("top_logprobs") or 0,
+        )
+
+
+def conversation(messages: list[dict]) -> Conversation:
+    """OpenAI messages → the Conversation that chat builds: leading system messages, then user and
+    assistant alternating, ending with the user's turn the model answers."""
+    systems = []
+    while messages and messages[0]["role"] in ("system", "developer"):
+        systems.append(messages[0]["content"])
+        messages = messages[1:]
+    expected = USER
+    for i, message in enumerate(messages):
+        if message["role"] != expected:
+            raise ApiError(400, _order_problem(i, len(systems), message["role"]), "messages")
+        expected = ASSISTANT if expected == USER else USER
+    if expected == USER:
+        raise ApiError(400, "the last message must be the user's: the model answers it", "messages")
+    system = "\n".join(systems) if systems else None
+    return Conversation([Turn(m["role"], m["content"]) for m in messages], system=system)
+
+
+def _order_problem(turn: int, systems: int, role: str) -> str:
+    if role in ("system", "developer"):
+        problem = "a system message may only come first"
+    elif turn == 0:
+        problem = "the first message after the system message must be the user's"
+    else:
+        problem = f"two {role} messages in a row; user and assistant messages must alternate"
+    return f"messages[{turn + systems}]: {problem}"

@@ -1,0 +1,129 @@
+"""The OpenAI request bodies the server accepts, and its one error shape.
+
+Unknown fields are ignored, as OpenAI does; a field lmtune cannot honour but that would change
+the answer (echo, best_of, suffix, logprobs on completions) is refused rather than dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ApiError(Exception):
+    """Answered as {"error": {"message", "type", "param", "code"}} with this HTTP status."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+             429: "rate_limit_error", 500: "server_error", 503: "service_unavailable"}
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict:
+        kind = self.TYPES.get(self.status, "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+    def event(self) -> tuple:
+        """As an event from a batcher or worker (picklable)."""
+        return ("error", self.status, self.message, self.param, self.code)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict] | None = None
+
+    def text(self) -> str:
+        """Content as text; a list of parts may only hold text parts (this server reads no images)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        if any(part.get("type") != "text" for part in self.content):
+            raise ApiError(400, "only text content parts are supported", "messages")
+        return "".join(str(part.get("text", "")) for part in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: str
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # extension
+    repetition_penalty: float | None = Field(None, gt=0)  # extension
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=128)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+    logprobs: int | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> CompletionRequest:
+        for name, unsupported in (("echo", self.echo), ("best_of", (self.best_of or 1) > 1), ("suffix", self.suffix),
+                                  ("logprobs", self.logprobs)):
+            if unsupported:
+                raise ValueError(f"{name} is not supported on /v1/completions")
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt: give one string (lists of several prompts are not supported)")
+        return self
+
+
+def parse(model: type[_Body], raw: bytes) -> _Body:
+    """The request body, or a 400 naming the first bad field."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            message = f"missing required parameter '{param}'"
+        elif err["type"] != "value_error":
+            message = f"{param}: {message} (got {err.get('input')!r})"
+        return_param = param or _param_of(message)
+        raise ApiError(400, message, return_param) from None
+
+
+def _param_of(message: str) -> str | None:
+    """The field a whole-model check complains about: its message starts with the field's name."""
+    return message.split(" ", 1)[0].rstrip(":") or None
