@@ -114,7 +114,7 @@ async def _answer(serving: Serving, kind: str, body, extra: dict):
     return JSONResponse(await call.whole(prompt_tokens))
 
 
-_SAMPLING = {"model", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty", "n", "seed"}
+_SAMPLING = {"model", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty", "n", "seed", "ignore_eos"}
 
 
 class _Call:

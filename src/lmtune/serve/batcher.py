@@ -187,7 +187,7 @@ class Batcher:
             top_k=value("top_k", defaults.top_k), repetition_penalty=value("repetition_penalty", defaults.repetition_penalty),
             no_repeat_ngram_size=defaults.no_repeat_ngram_size, presence_penalty=given.get("presence_penalty") or 0.0,
             frequency_penalty=given.get("frequency_penalty") or 0.0, max_tokens=max_tokens, seed=value("seed", defaults.seed),
-            logprobs=bool(given.get("logprobs")), top_logprobs=given.get("top_logprobs") or 0,
+            logprobs=bool(given.get("logprobs")), top_logprobs=given.get("top_logprobs") or 0, ignore_eos=bool(given.get("ignore_eos")),
         )
 
 

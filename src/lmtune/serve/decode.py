@@ -40,6 +40,7 @@ class Sampling:
     seed: int | None
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -105,7 +106,7 @@ class _Run:
         row.ids.append(token)
         if self.s.logprobs:
             self.pending.append(self._logprob(logits, token))
-        ended = token in self.engine.stop_ids
+        ended = token in self.engine.stop_ids and not self.s.ignore_eos
         if not ended:
             self.stream.add([token])
         if ended or self.stream.stopped or len(row.ids) >= self.s.max_tokens:

@@ -58,6 +58,7 @@ class _Sampling(_Body):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)  # extension
     repetition_penalty: float | None = Field(None, gt=0)  # extension
+    ignore_eos: bool = False  # extension, as in vLLM: always write max_tokens tokens (benchmarks, load tests)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     max_tokens: int | None = Field(None, ge=1)
