@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 import uuid
 from pathlib import Path
@@ -211,6 +212,4 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def _sse(data: dict) -> str:
-    import json
-
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
