@@ -15,6 +15,7 @@ from rich.table import Table
 
 from lmtune.cli_data import data_app
 from lmtune.cli_infer import ADAPTER, MODEL, TEMPLATE, chat, eval_app, generate
+from lmtune.cli_kb import kb_app
 from lmtune.errors import LmtuneError
 
 app = typer.Typer(
@@ -61,6 +62,7 @@ def train(
 app.command()(chat)
 app.command()(generate)
 app.add_typer(eval_app, name="eval")
+app.add_typer(kb_app, name="kb")
 
 
 @app.command()

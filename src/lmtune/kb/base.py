@@ -1,0 +1,163 @@
+"""A knowledge base on disk: $LMTUNE_HOME/kb/NAME (default ~/.lmtune/kb/NAME).
+
+    kb.json          settings, the embedding model's signature, the current version folder
+    vN/chunks.sqlite chunk text and metadata
+    vN/index.faiss   the vectors
+    vN/bm25/         the keyword index
+
+Every change is built into a fresh folder, renamed to the next version, and only then made
+current by replacing kb.json (os.replace, atomic). A crash at any point leaves kb.json naming the
+previous version, whole and searchable; the half-built folder is swept away on the next change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmtune.config import KbConfig
+from lmtune.errors import KbError
+from lmtune.kb.chunks import ChunkTable
+from lmtune.kb.keywords import KeywordIndex
+from lmtune.kb.store import FaissStore
+
+_NAME = re.compile(r"[\w.-]+")
+
+
+def kb_home() -> Path:
+    return Path(os.environ.get("LMTUNE_HOME") or "~/.lmtune").expanduser() / "kb"
+
+
+def kb_names() -> list[str]:
+    home = kb_home()
+    return sorted(p.name for p in home.iterdir() if (p / "kb.json").is_file()) if home.is_dir() else []
+
+
+@dataclass
+class Version:
+    """One version's files, opened: the store, the chunk table and the keyword index."""
+
+    folder: Path
+    store: FaissStore
+    chunks: ChunkTable
+    keywords: KeywordIndex = field(repr=False)
+
+
+class KnowledgeBase:
+    def __init__(self, name: str):
+        self.name, self.folder = name, kb_home() / name
+        manifest = self.folder / "kb.json"
+        if not manifest.is_file():
+            known = ", ".join(kb_names()) or "none yet"
+            raise KbError(f"no knowledge base '{name}' in {kb_home()} (known: {known}); create it with: lmtune kb create {name}")
+        data = json.loads(manifest.read_text())
+        self.config = KbConfig(**data["config"])
+        self.signature: dict | None = data["embedding"]  # None until the first chunk is embedded
+        self.version: str = data["version"]
+
+    @classmethod
+    def create(cls, name: str, config: KbConfig) -> KnowledgeBase:
+        if not _NAME.fullmatch(name):
+            raise KbError(f"knowledge base name '{name}': use letters, digits, '.', '-' and '_' only")
+        folder = kb_home() / name
+        if (folder / "kb.json").exists():
+            raise KbError(f"knowledge base '{name}' already exists in {folder}; add files with: lmtune kb add {name} PATH")
+        if Path(config.embedding).expanduser().exists():  # a local folder is remembered absolutely
+            config = config.model_copy(update={"embedding": str(Path(config.embedding).expanduser().resolve())})
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_manifest(folder, config, None, _empty_version(folder))
+        return cls(name)
+
+    # ---------------------------------------------------------------- reading
+
+    @contextmanager
+    def open(self) -> Iterator[Version]:
+        folder = self.folder / self.version
+        chunks = ChunkTable(folder / "chunks.sqlite")
+        try:
+            store = FaissStore.load(folder / "index.faiss", self.config.flat_limit) if (folder / "index.faiss").exists() else None
+            yield Version(folder, store, chunks, KeywordIndex.load(folder / "bm25"))
+        finally:
+            chunks.close()
+
+    def check_model(self, signature: dict) -> None:
+        built = self.signature
+        if built and (built["model"] != signature["model"] or signature.get("dimension") not in (None, built["dimension"])):
+            raise KbError(
+                f"knowledge base '{self.name}' was built with embedding model {self.signature['model']} "
+                f"({self.signature['dimension']} dimensions); querying it with {signature['model']} "
+                "compares unrelated vectors. Use the same model, or rebuild: "
+                f"lmtune kb rebuild {self.name} --embedding {signature['model']}"
+            )
+
+    # ---------------------------------------------------------------- changing
+
+    @contextmanager
+    def change(self, signature: dict | None = None, fresh: bool = False) -> Iterator[Version]:
+        """A copy of the current version to change; made current only when the block ends without error."""
+        self._sweep()
+        work = self.folder / f".tmp-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+        if not fresh:
+            shutil.copy2(self.folder / self.version / "chunks.sqlite", work / "chunks.sqlite")
+        chunks = ChunkTable(work / "chunks.sqlite")
+        try:
+            with self.open() as current:
+                store = current.store if (current.store and not fresh) else None
+            dimension = (signature or self.signature or {}).get("dimension")
+            if store is None and dimension:
+                store = FaissStore.new(dimension, self.config.flat_limit)
+            version = Version(work, store, chunks, None)
+            yield version
+            if version.store is not None:
+                version.store.save(work / "index.faiss")
+            KeywordIndex.build(*chunks.all_tokens()).save(work / "bm25")
+            chunks.db.commit()
+        finally:
+            chunks.close()
+        self._publish(work, signature or self.signature)
+
+    def _publish(self, work: Path, signature: dict | None) -> None:
+        number = int(self.version[1:]) + 1
+        target = self.folder / f"v{number}"
+        os.replace(work, target)
+        old = self.version
+        _write_manifest(self.folder, self.config, signature, target.name)
+        self.version, self.signature = target.name, signature
+        shutil.rmtree(self.folder / old, ignore_errors=True)
+
+    def _sweep(self) -> None:
+        """Folders a crashed change left behind: anything but the current version."""
+        for path in self.folder.iterdir():
+            if path.is_dir() and path.name != self.version:
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name.startswith("kb.json."):
+                path.unlink()
+
+    def set_embedding(self, model: str) -> None:
+        """The model a rebuild embeds with; saved when the rebuilt version is published."""
+        self.config = self.config.model_copy(update={"embedding": model})
+
+
+def _empty_version(folder: Path) -> str:
+    version = folder / "v0"
+    version.mkdir(exist_ok=True)
+    ChunkTable(version / "chunks.sqlite").close()
+    KeywordIndex.build([], []).save(version / "bm25")
+    return version.name
+
+
+def _write_manifest(folder: Path, config: KbConfig, signature: dict | None, version: str) -> None:
+    manifest = {"config": config.model_dump(), "embedding": signature, "version": version}
+    temporary = folder / f"kb.json.{uuid.uuid4().hex[:8]}"
+    temporary.write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
+    os.replace(temporary, folder / "kb.json")

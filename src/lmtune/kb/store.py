@@ -1,0 +1,100 @@
+"""The vector store: ids ↔ unit vectors, searched by inner product (= cosine similarity).
+
+Everything else in the knowledge base talks to it through four methods (add, remove, search,
+save), so a server-grade vector database can stand in for FAISS later. Up to `flat_limit`
+vectors the index is exact (IndexIDMap2 over IndexFlatIP); past it, it is rebuilt as IVF
+(inverted lists, an approximate search that scans a few lists). HNSW would search as fast, but
+FAISS cannot remove vectors from an HNSW graph, and `kb rm` must really remove them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+NPROBE = 16  # lists an IVF search scans: recall near the flat index's at a fraction of the cost
+
+
+class VectorStore(Protocol):
+    kind: str
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+    def remove(self, ids: np.ndarray) -> int: ...
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def vectors(self, ids: np.ndarray) -> np.ndarray: ...
+    def save(self, path: Path) -> None: ...
+    @property
+    def count(self) -> int: ...
+
+
+class FaissStore:
+    def __init__(self, index, flat_limit: int):
+        self.index, self.flat_limit = index, flat_limit
+
+    @classmethod
+    def new(cls, dimension: int, flat_limit: int) -> FaissStore:
+        import faiss
+
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dimension)), flat_limit)
+
+    @classmethod
+    def load(cls, path: Path, flat_limit: int) -> FaissStore:
+        import faiss
+
+        index = faiss.read_index(str(path))
+        if isinstance(index, faiss.IndexIVF):
+            index.nprobe = NPROBE
+        return cls(index, flat_limit)
+
+    @property
+    def kind(self) -> str:
+        import faiss
+
+        index = self.index
+        if isinstance(index, faiss.IndexIVF):
+            return f"ivf (nlist {index.nlist}, nprobe {index.nprobe})"
+        return "flat (exact)"
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(vectors, ids.astype(np.int64))
+        if self.kind.startswith("flat") and self.count > self.flat_limit:
+            self.index = _ivf(self.index)
+
+    def remove(self, ids: np.ndarray) -> int:
+        return int(self.index.remove_ids(ids.astype(np.int64)))
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), best first per query; an id of -1 marks a slot with no vector."""
+        return self.index.search(vectors, min(k, max(self.count, 1)))
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.index.d), np.float32)
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        faiss.write_index(self.index, str(path))
+
+
+def _ivf(flat) -> object:
+    """The flat index's vectors, under the same ids, in an IVF index trained on them."""
+    import faiss
+
+    count, dimension = flat.ntotal, flat.d
+    vectors = flat.index.reconstruct_n(0, count)
+    ids = faiss.vector_to_array(flat.id_map)
+    nlist = int(4 * math.sqrt(count))  # FAISS's rule of thumb: 4·√n to 16·√n lists
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dimension), dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(vectors)
+    # A hash-table direct map: ids → vectors for reconstruct (scores of keyword-only hits) and remove_ids.
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    ivf.add_with_ids(vectors, ids)
+    ivf.nprobe = NPROBE
+    return ivf
