@@ -44,8 +44,10 @@ def add(name: str = NAME, paths: list[str] = typer.Argument(..., help="Files or 
     from lmtune.kb.base import KnowledgeBase
     from lmtune.kb.embed import Embedder
     from lmtune.kb.ingest import add_paths
+    from lmtune.kb.loaders import collect_files
 
     kb = KnowledgeBase(name)
+    collect_files(paths)  # a path that is not there fails now, not after the model has loaded
     _report(add_paths(kb, paths, Embedder(kb.config.embedding, kb.config.batch_size)), kb)
 
 
