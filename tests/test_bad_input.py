@@ -52,7 +52,7 @@ def refused(result, *needles):
 def test_generate_never_replaces_a_file_it_did_not_write(full_run, tmp_path, content):
     out = tmp_path / "notes.txt"
     out.write_bytes(content)
-    result = lmtune("generate", "--adapter", full_run / "out", "--data", full_run / "train.json", "--out", out)
+    result = lmtune("generate", "--model", full_run / "out", "--data", full_run / "train.json", "--out", out)
     refused(result, str(out), "not a prediction file written by `lmtune generate`", "choose another --out")
     assert out.read_bytes() == content
 
@@ -162,7 +162,7 @@ def test_resume_auto_says_when_it_found_nothing(project):
 def test_eval_counts_must_be_positive(full_run, limit):
     result = lmtune("eval", "--model", full_run / "out", "--data", full_run / "train.json", "--max-samples", limit)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--max-samples" in result.stderr and "x>=1" in result.stderr
+    assert "Invalid value for '--max-samples'" in result.stderr
 
 
 def test_eval_of_an_empty_dev_set_reports_no_score(full_run, tmp_path):

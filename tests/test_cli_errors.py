@@ -32,7 +32,7 @@ CASES = [
         "error: {dir}/noout.jsonl:2: record has no 'output' field; alpaca records need 'instruction' and 'output' "
         "(set data.on_error: skip to set bad records aside in rejected.jsonl)",
     ),
-    (["model.path=nowhere"], "error: model folder '{dir}/nowhere' does not exist"),
+    (["model.path=nowhere"], "error: model folder 'nowhere' does not exist"),
     (["train.report_to=wandb"], "error: train.report_to: wandb needs the wandb package: pip install wandb"),
     pytest.param(
         ["train.optim=paged_adamw_8bit"],
@@ -94,7 +94,7 @@ def test_model_commands_check_their_flags_in_one_line(project, llama_dir):
     model = ["--model", llama_dir, "--template", "alpaca"]
     bad_setting = lmtune("generate", *model, "--data", "good.json", "--out", "p.jsonl", "--temperature", "-1", cwd=project)
     assert bad_setting.returncode == 2 and "Traceback" not in bad_setting.stderr
-    assert "temperature" in bad_setting.stderr and "greater than or equal to 0" in bad_setting.stderr
+    assert bad_setting.stderr.strip().splitlines()[-1] == "error: --temperature must be ≥ 0.0 (got -1.0)"
     bad_format = lmtune("generate", *model, "--data", "good.json", "--out", "p.jsonl", "--as-dataset", "csv", cwd=project)
     assert bad_format.stderr.strip().splitlines() == ["error: --as-dataset csv: choose one of alpaca, sharegpt, messages"]
     if not torch.cuda.is_available():
