@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lmtune.cli_data import data_app
-from lmtune.cli_infer import ADAPTER, MODEL, TEMPLATE, chat, eval_app, generate
+from lmtune.cli_infer import ADAPTER, KB_K, KB_THRESHOLD, MODEL, ON_NO_HIT, TEMPLATE, chat, eval_app, generate
 from lmtune.cli_kb import kb_app
 from lmtune.errors import LmtuneError
 
@@ -100,6 +100,11 @@ def serve(
     max_queue: int = typer.Option(256, "--max-queue", help="Most waiting requests; more get 429."),
     replicas: int = typer.Option(1, "--replicas", help="Engine worker processes behind the one API."),
     backend: str = typer.Option("hf", "--backend", help="hf (transformers) or vllm (CUDA GPU)."),
+    kb: Optional[list[str]] = typer.Option(None, "--kb", help="Knowledge base requests may name (repeatable); the first grounds every chat request."),
+    kb_k: Optional[int] = KB_K,
+    kb_threshold: Optional[float] = KB_THRESHOLD,
+    on_no_hit: Optional[str] = ON_NO_HIT,
+    embedding: Optional[str] = typer.Option(None, "--embedding", help="Model behind /v1/embeddings (default: the first --kb's, else all-MiniLM-L6-v2)."),
 ):
     """Serve the model over an OpenAI-compatible HTTP API, with a chat page."""
     from pydantic import ValidationError
@@ -113,9 +118,10 @@ def serve(
     named = dict(a.split("=", 1) for a in adapter or [] if _named(a))
     try:
         config = ServeConfig(model=model, adapter=unnamed[0] if unnamed else None, adapters=named, template=template, host=host,
-                             port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue, replicas=replicas, backend=backend)
+                             port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue, replicas=replicas, backend=backend,
+                             kbs=kb or [], kb_k=kb_k, kb_threshold=kb_threshold, on_no_hit=on_no_hit, embedding=embedding)
     except ValidationError as exc:
-        raise LmtuneError(flag_problems(exc, {"adapters": "--adapter"})) from None
+        raise LmtuneError(flag_problems(exc, {"adapters": "--adapter", "kbs": "--kb"})) from None
     run_server(config, say=console.print)
 
 

@@ -34,6 +34,9 @@ SAMPLING = {
     "batch_size": (int, "--batch-size", "Records per batch."),
 }
 QUANTIZE = typer.Option(None, "--quantize", help="Load the base in 4 or 8 bits (bitsandbytes; CUDA GPU only).")
+KB_K = typer.Option(None, "--kb-k", help="Passages per answer (default: the knowledge base's top_k, 3).")
+KB_THRESHOLD = typer.Option(None, "--kb-threshold", help="Use only passages at least this similar to the question (cosine, -1 to 1).")
+ON_NO_HIT = typer.Option(None, "--on-no-hit", help="No passage passes the threshold: answer (without them, saying so) or refuse.")
 
 
 def sampling_options(command):
@@ -80,18 +83,27 @@ def chat(
     template: Optional[str] = TEMPLATE,
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     quantize: Optional[int] = QUANTIZE,
+    kb: Optional[str] = typer.Option(None, "--kb", help="Knowledge base to ground every answer in (see `lmtune kb`)."),
+    kb_k: Optional[int] = KB_K,
+    kb_threshold: Optional[float] = KB_THRESHOLD,
+    on_no_hit: Optional[str] = ON_NO_HIT,
     sampling: dict = None,
 ):
     """Talk to a model in the terminal; answers stream as they are generated."""
     from lmtune.infer.chat import chat_loop
 
+    retriever = None
+    if kb:  # before the model loads: a missing knowledge base fails at once
+        from lmtune.kb.ground import open_retriever
+
+        retriever = open_retriever(kb, top_k=kb_k, score_threshold=kb_threshold, on_no_hit=on_no_hit)
     engine = load(model, adapter, template, sampling, quantize=quantize)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    chat_loop(engine, input, write, system)
+    chat_loop(engine, input, write, system, retriever)
 
 
 @sampling_options

@@ -274,6 +274,11 @@ class ServeConfig(Section):
     max_queue: int = Field(256, gt=0, description="Most requests waiting for a batch; more are refused with 429.")
     replicas: int = Field(1, ge=1, description="Engine worker processes behind the one API (one per GPU on a multi-GPU machine).")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: lmtune's batcher over transformers; vllm: hand generation to vLLM.")
+    kbs: list[str] = Field(default_factory=list, description="Knowledge bases requests may name (`kb`); the first grounds every chat request by default.")
+    kb_k: int | None = Field(None, gt=0, description="Passages per answer (default: each knowledge base's top_k).")
+    kb_threshold: float | None = Field(None, ge=-1, le=1, description="Least cosine similarity of a passage (default: each knowledge base's).")
+    on_no_hit: Literal["answer", "refuse"] | None = Field(None, description="No passage passes: answer without them (saying so) or refuse.")
+    embedding: str | None = Field(None, description="Model behind /v1/embeddings (default: the first knowledge base's, else all-MiniLM-L6-v2).")
 
     @model_validator(mode="after")
     def _something_to_serve(self) -> ServeConfig:
@@ -303,6 +308,21 @@ class KbConfig(Section):
     hybrid: bool = Field(True, description="Fuse dense results with BM25 keyword results (reciprocal-rank fusion).")
     rrf_k: int = Field(60, gt=0, description="Reciprocal-rank fusion constant: a hit scores 1 / (rrf_k + rank) per retriever.")
     reranker: str | None = Field(None, description="Cross-encoder model folder or hub id that reorders the hits (none = off).")
+    prompt: str = Field(
+        "学习以下文段, 用中文回答用户问题。如果无法从中得到答案，忽略文段内容并用中文回答用户问题。",
+        description="Grounded answers (chat/serve --kb): the instruction placed before the passages (default: wenda's).",
+    )
+    cite: str = Field("回答时用文段编号注明出处，如 [1]、[2]。", description="Grounded answers: the line asking the model to cite passages by number.")
+    on_no_hit: Literal["answer", "refuse"] = Field(
+        "answer", description="When no passage passes score_threshold: answer without them and say so, or refuse (the `refusal` text)."
+    )
+    no_hit_note: str = Field(
+        "No passage in the knowledge base passed the score threshold; this answer does not draw on it.",
+        description="What the user is told under an answer given without passages (on_no_hit: answer).",
+    )
+    refusal: str = Field(
+        "知识库中没有找到与问题相关的内容，无法回答。", description="The fixed answer when no passage passes (on_no_hit: refuse)."
+    )
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> KbConfig:

@@ -47,6 +47,12 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens the model reads for these texts (special tokens included, cut at its max_seq_length)."""
+        limit = self.model.max_seq_length
+        return sum(min(len(ids), limit) for ids in self.model.tokenizer(texts)["input_ids"])
+
+
 def model_folder(name: str) -> str | None:
     """A local folder for the model: the bundled MiniLM for the default name, else the path if it exists."""
     if name == DEFAULT_MODEL:

@@ -118,18 +118,6 @@ def merge_chunks(rows) -> str:
     return text
 
 
-def grounded_system_prompt(hits: list[Hit], system: str | None = None) -> str:
-    """A system prompt that asks the model to answer from the passages, each numbered with its source."""
-    intro = (
-        "Answer using the passages below and cite them as [1], [2] …; if they do not hold the answer, say so. "
-        "请依据下列资料回答，并注明出处编号；资料中没有答案时，请如实说明。"
-    )
-    passages = "\n\n".join(
-        f"[{n}] ({hit.source}{f', p. {hit.page}' if hit.page else ''})\n{hit.text}" for n, hit in enumerate(hits, 1)
-    )
-    return "\n\n".join(part for part in (system, intro, passages) if part)
-
-
 def _cross_encoder(name: str):
     from sentence_transformers import CrossEncoder
 

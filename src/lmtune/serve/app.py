@@ -7,6 +7,7 @@ answers each request with events; this module only turns events into HTTP.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import time
@@ -18,7 +19,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 
 from lmtune.serve.metrics import Metrics
-from lmtune.serve.schemas import ApiError, ChatRequest, CompletionRequest, parse
+from lmtune.errors import LmtuneError
+from lmtune.serve.schemas import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, conversation, parse
 
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 PLACEHOLDER = "<!doctype html><meta charset=utf-8><title>lmtune</title><p>The API is at <code>/v1</code>.</p>"
@@ -30,11 +32,14 @@ class Serving:
     def __init__(self, models: list[str], api_key: str | None):
         self.models, self.api_key = models, api_key
         self.backend = None  # set when loading is done; until then the API answers 503
+        self.kbs = None  # the knowledge bases and embedding model (serve/kbs.py), set before the backend
         self.metrics = Metrics(lambda: self.backend.stats() if self.backend else {})
 
-    def ready(self):
+    def ready(self, model: str | None = None):
         if self.backend is None:
             raise ApiError(503, "the model is still loading; retry in a moment", code="loading")
+        if model is not None and model not in self.models:
+            raise ApiError(404, f"The model '{model}' does not exist; served: {', '.join(self.models)}", "model", "model_not_found")
         return self.backend
 
 
@@ -72,16 +77,24 @@ def create_app(serving: Serving) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = parse(ChatRequest, await request.body())
+        serving.ready(body.model)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages, fields, refusal = await _grounded(serving, body, messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
         extra = {"messages": messages, "max_tokens": max_tokens, "logprobs": body.logprobs, "top_logprobs": body.top_logprobs}
-        return await _answer(serving, "chat", body, extra)
+        return await _answer(serving, "chat", body, extra, fields, refusal)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = parse(CompletionRequest, await request.body())
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         return await _answer(serving, "completion", body, {"prompt": prompt, "max_tokens": body.max_tokens})
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        body = parse(EmbeddingRequest, await request.body())
+        serving.ready()
+        return await _embeddings(serving, body)
 
     return app
 
@@ -101,13 +114,49 @@ def _key_check(serving: Serving):
 # ---------------------------------------------------------------- answering
 
 
-async def _answer(serving: Serving, kind: str, body, extra: dict):
-    backend = serving.ready()
-    if body.model not in serving.models:
-        raise ApiError(404, f"The model '{body.model}' does not exist; served: {', '.join(serving.models)}", "model", "model_not_found")
+async def _grounded(serving: Serving, body: ChatRequest, messages: list[dict]) -> tuple[list[dict], dict, str | None]:
+    """With a knowledge base (the request's `kb`, else the server's first --kb): the messages with the
+    passages for the latest user message in the system prompt, the response fields naming their
+    sources, and the fixed refusal when none passed and the knowledge base refuses then."""
+    name = body.kb if "kb" in body.model_fields_set else (serving.kbs.default if serving.kbs else None)
+    if name is None:
+        return messages, {}, None
+    if serving.kbs is None:
+        raise ApiError(404, f"The knowledge base '{name}' is not served; served: none", "kb", "kb_not_found")
+    from lmtune.kb.ground import sources
+
+    conv = conversation(messages)  # a badly ordered conversation is a 400 before anything is retrieved
+    found = await serving.kbs.ground(name, conv.turns[-1].content, conv.system, top_k=body.kb_k, score_threshold=body.kb_threshold)
+    turns = [m for m in messages if m["role"] not in ("system", "developer")]
+    grounded = ([{"role": "system", "content": found.system}] if found.system else []) + turns
+    return grounded, {"sources": sources(found.hits), **({"kb_note": found.note} if found.note else {})}, found.refusal
+
+
+async def _embeddings(serving: Serving, body: EmbeddingRequest) -> dict:
+    kbs = serving.kbs
+    if kbs is None or body.model not in kbs.names():
+        served = kbs.names()[0] if kbs else "none"
+        raise ApiError(404, f"The embedding model '{body.model}' is not served; served: {served}", "model", "model_not_found")
+    try:
+        vectors, tokens = await kbs.embed(body.texts())
+    except LmtuneError as exc:
+        raise ApiError(500, str(exc), "model", "embedding_failed") from None
+    if body.dimensions not in (None, vectors.shape[1]):
+        raise ApiError(400, f"dimensions: {kbs.embedding} writes {vectors.shape[1]}-dimensional vectors (got {body.dimensions})", "dimensions")
+    encode = (lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode()) if body.encoding_format == "base64" else (lambda v: v.tolist())
+    serving.metrics.requests.labels("200").inc()
+    data = [{"object": "embedding", "index": i, "embedding": encode(vector)} for i, vector in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": kbs.embedding, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+async def _answer(serving: Serving, kind: str, body, extra: dict, fields: dict | None = None, refusal: str | None = None):
+    backend = serving.ready(body.model)
     request = {"kind": kind, **body.model_dump(include=_SAMPLING), "stop": body.stops(), **extra}
-    call = _Call(serving, backend, kind, body)
-    backend.submit(call.id, request, call.emit)
+    call = _Call(serving, backend, kind, body, fields or {})
+    if refusal is None:
+        backend.submit(call.id, request, call.emit)
+    else:
+        call.refuse(refusal)
     prompt_tokens = (await call.next_event())[1]  # "start", or an ApiError raised
     if body.stream:
         first = await call.next_event()  # an error before the first token still gets its own status
@@ -121,13 +170,22 @@ _SAMPLING = {"model", "temperature", "top_p", "top_k", "repetition_penalty", "pr
 class _Call:
     """One request's events, turned into an OpenAI answer."""
 
-    def __init__(self, serving: Serving, backend, kind: str, body):
+    def __init__(self, serving: Serving, backend, kind: str, body, fields: dict):
         self.serving, self.backend, self.kind, self.body = serving, backend, kind, body
+        self.fields = fields  # extra top-level fields of the answer (a grounded answer's sources)
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created, self.started, self.first_text = int(time.time()), time.perf_counter(), None
         self.events: asyncio.Queue = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.done = False
+
+    def refuse(self, text: str) -> None:
+        """Answer every choice with a fixed text, as a backend would have: no model involved."""
+        self.events.put_nowait(("start", 0))
+        for index in range(self.body.n):
+            self.events.put_nowait(("text", index, text, None))
+            self.events.put_nowait(("done", index, text, "stop", 0, None))
+        self.events.put_nowait(("end",))
 
     def emit(self, job_id: str, event: tuple) -> None:  # called from the batching thread or a pipe reader
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -150,7 +208,7 @@ class _Call:
                 choices[index], completion = self._choice(index, text, reason, logprobs), completion + tokens
         self._finished(completion)
         kind = "chat.completion" if self.kind == "chat" else "text_completion"
-        return {**self._head(kind), "choices": choices, "usage": _usage(prompt_tokens, completion)}
+        return {**self._head(kind), "choices": choices, "usage": _usage(prompt_tokens, completion), **self.fields}
 
     async def stream(self, prompt_tokens: int, event: tuple):
         usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
@@ -167,8 +225,9 @@ class _Call:
                     yield self._chunk(usage, event[1], {} if self.kind == "chat" else self._delta(""), reason=event[3])
                 event = await self.next_event()
             self._finished(completion)
-            if usage:
-                yield _sse({**self._head(self._chunk_kind()), "choices": [], "usage": _usage(prompt_tokens, completion)})
+            if usage or self.fields:  # the last chunk before [DONE]: usage, and a grounded answer's sources
+                last = {"usage": _usage(prompt_tokens, completion)} if usage else {}
+                yield _sse({**self._head(self._chunk_kind()), "choices": [], **last, **self.fields})
         except ApiError as exc:  # after the first token the status is sent: the error goes in the stream
             self.serving.metrics.requests.labels(str(exc.status)).inc()
             yield _sse(exc.body())

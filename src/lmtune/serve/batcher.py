@@ -21,11 +21,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
 from lmtune.errors import LmtuneError
 from lmtune.infer.engine import Engine
 from lmtune.serve.decode import Row, Sampling, decode
-from lmtune.serve.schemas import ApiError
+from lmtune.serve.schemas import ApiError, conversation
 
 log = logging.getLogger(__name__)
 
@@ -190,30 +189,3 @@ class Batcher:
             logprobs=bool(given.get("logprobs")), top_logprobs=given.get("top_logprobs") or 0, ignore_eos=bool(given.get("ignore_eos")),
         )
 
-
-def conversation(messages: list[dict]) -> Conversation:
-    """OpenAI messages → the Conversation that chat builds: leading system messages, then user and
-    assistant alternating, ending with the user's turn the model answers."""
-    systems = []
-    while messages and messages[0]["role"] in ("system", "developer"):
-        systems.append(messages[0]["content"])
-        messages = messages[1:]
-    expected = USER
-    for i, message in enumerate(messages):
-        if message["role"] != expected:
-            raise ApiError(400, _order_problem(i, len(systems), message["role"]), "messages")
-        expected = ASSISTANT if expected == USER else USER
-    if expected == USER:
-        raise ApiError(400, "the last message must be the user's: the model answers it", "messages")
-    system = "\n".join(systems) if systems else None
-    return Conversation([Turn(m["role"], m["content"]) for m in messages], system=system)
-
-
-def _order_problem(turn: int, systems: int, role: str) -> str:
-    if role in ("system", "developer"):
-        problem = "a system message may only come first"
-    elif turn == 0:
-        problem = "the first message after the system message must be the user's"
-    else:
-        problem = f"two {role} messages in a row; user and assistant messages must alternate"
-    return f"messages[{turn + systems}]: {problem}"

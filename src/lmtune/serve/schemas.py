@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
+
 
 class ApiError(Exception):
     """Answered as {"error": {"message", "type", "param", "code"}} with this HTTP status."""
@@ -77,6 +79,9 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    kb: str | None = None  # extension: ground the answer in this served knowledge base (null: none, absent: the server's --kb)
+    kb_k: int | None = Field(None, ge=1)  # extension: passages to retrieve
+    kb_threshold: float | None = Field(None, ge=-1, le=1)  # extension: least cosine similarity of a passage
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatRequest:
@@ -101,6 +106,22 @@ class CompletionRequest(_Sampling):
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
             raise ValueError("prompt: give one string (lists of several prompts are not supported)")
         return self
+
+
+class EmbeddingRequest(_Body):
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+    @model_validator(mode="after")
+    def _texts(self) -> EmbeddingRequest:
+        if isinstance(self.input, list) and not self.input:
+            raise ValueError("input: give a string or a non-empty list of strings")
+        return self
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else self.input
 
 
 def parse(model: type[_Body], raw: bytes) -> _Body:
@@ -128,3 +149,31 @@ def parse(model: type[_Body], raw: bytes) -> _Body:
 def _param_of(message: str) -> str | None:
     """The field a whole-model check complains about: its message starts with the field's name."""
     return message.split(" ", 1)[0].rstrip(":") or None
+
+
+def conversation(messages: list[dict]) -> Conversation:
+    """OpenAI messages → the Conversation that chat builds: leading system messages, then user and
+    assistant alternating, ending with the user's turn the model answers."""
+    systems = []
+    while messages and messages[0]["role"] in ("system", "developer"):
+        systems.append(messages[0]["content"])
+        messages = messages[1:]
+    expected = USER
+    for i, message in enumerate(messages):
+        if message["role"] != expected:
+            raise ApiError(400, _order_problem(i, len(systems), message["role"]), "messages")
+        expected = ASSISTANT if expected == USER else USER
+    if expected == USER:
+        raise ApiError(400, "the last message must be the user's: the model answers it", "messages")
+    system = "\n".join(systems) if systems else None
+    return Conversation([Turn(m["role"], m["content"]) for m in messages], system=system)
+
+
+def _order_problem(turn: int, systems: int, role: str) -> str:
+    if role in ("system", "developer"):
+        problem = "a system message may only come first"
+    elif turn == 0:
+        problem = "the first message after the system message must be the user's"
+    else:
+        problem = f"two {role} messages in a row; user and assistant messages must alternate"
+    return f"messages[{turn + systems}]: {problem}"

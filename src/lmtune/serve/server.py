@@ -93,6 +93,9 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
 
     def load() -> None:
         try:
+            from lmtune.serve.kbs import KnowledgeBases
+
+            serving.kbs = KnowledgeBases(config)  # first: a missing knowledge base fails before the model loads
             serving.backend = start_backend(config)
         except Exception as exc:  # the CLI reports it after the server has stopped
             failure.append(exc)
@@ -102,7 +105,8 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
             threading.Event().wait(0.05)
         host, port = server.servers[0].sockets[0].getsockname()[:2]
         url = f"http://{host}:{port}"
-        say(f"serving {', '.join(serving.models)}: API at {url}/v1, chat page at {url}/ (Ctrl-C stops)")
+        grounded = f", grounded in {', '.join(config.kbs)}" if config.kbs else ""
+        say(f"serving {', '.join(serving.models)}{grounded}: API at {url}/v1, chat page at {url}/ (Ctrl-C stops)")
 
     threading.Thread(target=load, daemon=True, name="lmtune-load").start()
     server.run()
