@@ -38,7 +38,10 @@ class KnowledgeBases:
             served = ", ".join(self.retrievers) or "none (start the server with --kb NAME)"
             raise ApiError(404, f"The knowledge base '{name}' is not served; served: {served}", "kb", "kb_not_found")
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        return await self._run(ground, self.retrievers[name], query, system, **overrides)
+        try:
+            return await self._run(ground, self.retrievers[name], query, system, **overrides)
+        except Exception as exc:  # a broken index or model fails this request (OpenAI-shaped), not the server
+            raise ApiError(500, f"retrieval from '{name}' failed: {type(exc).__name__}: {exc}", "kb", "retrieval_failed") from None
 
     async def embed(self, texts: list[str]):
         """(vectors, tokens the model read), with the model loaded on first use."""
