@@ -1,71 +1,261 @@
-"""Encoding throughput: 50,000 synthetic alpaca records, one at a time vs batched.
+"""Whole-process data encoding: `lmtune data encode` on alpaca data in every file layout.
 
-    .venv/bin/python benchmarks/bench_data.py [--records 50000]
+    .venv/bin/python benchmarks/bench_data.py [--records 50000] [--large] [--repeat 2]
+                                              [--layouts json-line json-indented jsonl parquet]
+                                              [--peer /tmp/lf-venv/bin/llamafactory-cli] [--work DIR]
 
-Prints records/s and tokens/s for `Encoder.encode` called per record (the naive loop) and for
-the batched path training uses (`lmtune.data.prepare.encode_all`), and checks both give the
-same samples. Results go in benchmarks/RESULTS.md.
+Writes the same synthetic bilingual alpaca records as a one-line .json array, an indented .json
+array, .jsonl and .parquet, then times the whole `lmtune data encode --template alpaca
+--cutoff-len 512` process on each from outside: wall clock and CPU time (user + system) from
+interpreter start through imports, tokenizer load, reading, encoding and writing the output. The
+machine may be shared: CPU time moves far less with other load than wall time. Every layout must
+give byte-identical output. `--large` adds 500,000 records. `--peer` runs LLaMA-Factory's SFT
+preprocessing of the one-line .json file with the same tokenizer and template (see run_peer) and
+prints the ratio; benchmarks/RESULTS.md says how its virtual environment was made.
+
+The tokenizer is a 32,000-token byte-level BPE trained here (src/lmtune/tiny.py) on text drawn
+like the records: a Zipf-distributed lexicon of 30,000 English-like pseudo-words and 20,000
+Chinese words of 1-3 characters from 3,500 common CJK code points, so its merges and its
+per-word cache see a realistic spread of words (a vocabulary of a few hundred tokens would make
+tokenization unrealistically cheap or dear). With `--work DIR` the data files, the tokenizer and
+the peer's model folder are kept and reused. Results go in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-from lmtune.data.encode import Encoder
-from lmtune.data.prepare import encode_all
-from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
-from lmtune.model.load import load_tokenizer
-from lmtune.templates.template import get_template
-from lmtune.tiny import train_tokenizer
+import numpy as np
 
-EN = "the model learns to answer questions about data training tokens language people city water time".split()
-ZH = list("模型学习回答问题数据训练语言城市时间天气中国北京上海工作生活学生老师")
-
-
-def sentence(rng: random.Random, words: int) -> str:
-    if rng.random() < 0.5:
-        return " ".join(rng.choice(EN) for _ in range(words)).capitalize() + "."
-    return "".join(rng.choice(ZH) for _ in range(words * 2)) + "。"
+LAYOUTS = ("json-line", "json-indented", "jsonl", "parquet")
+VOCAB = 32_000
+ONSETS = ["", "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "st", "tr", "pl", "ch", "th", "sh"]
+VOWELS = ["a", "e", "i", "o", "u", "ea", "ou", "io", "ai"]
+CODAS = ["", "", "n", "r", "s", "t", "l", "m", "nd", "ng", "st", "ck"]
 
 
-def synthetic(n: int, seed: int = 0) -> list[Conversation]:
-    rng = random.Random(seed)
-    convs = []
-    for _ in range(n):
-        length = int(rng.lognormvariate(3.0, 0.8)) + 3  # long-tailed answers, as in real SFT data
-        context = sentence(rng, rng.randint(5, 30)) if rng.random() < 0.3 else ""
-        convs.append(Conversation([Turn(USER, sentence(rng, rng.randint(4, 20)), input=context), Turn(ASSISTANT, sentence(rng, length))]))
-    return convs
+# ---------------------------------------------------------------- synthetic data
+
+
+class Text:
+    """Sentences from two Zipf-distributed lexicons, drawn in bulk with numpy."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        lexicon_rng = np.random.default_rng(1234)  # the same words for every seed: data and tokenizer share them
+        # Shorter words are the more frequent ones, as in real text.
+        self.en = sorted(_english_words(lexicon_rng, 30_000), key=len)
+        self.zh = sorted(_chinese_words(lexicon_rng, 20_000), key=len)
+
+    def sentences(self, lengths: np.ndarray, chinese: np.ndarray) -> list[str]:
+        en = self._draw(self.en, int(lengths[~chinese].sum()))
+        zh = self._draw(self.zh, int(lengths[chinese].sum()))
+        out, at = [], {False: 0, True: 0}
+        for length, is_zh in zip(lengths.tolist(), chinese.tolist()):
+            words = (zh if is_zh else en)[at[is_zh] : at[is_zh] + length]
+            at[is_zh] += length
+            out.append(_zh_sentence(words) if is_zh else _en_sentence(words))
+        return out
+
+    def _draw(self, lexicon: list[str], count: int) -> list[str]:
+        ranks = np.arange(1, len(lexicon) + 1)
+        cumulative = np.cumsum(1.0 / ranks**1.07)
+        picks = np.searchsorted(cumulative, self.rng.random(count) * cumulative[-1])
+        return [lexicon[i] for i in picks.tolist()]
+
+
+def _english_words(rng: np.random.Generator, count: int) -> list[str]:
+    words: dict[str, None] = {}
+    while len(words) < count:
+        syllables = int(rng.choice([1, 1, 1, 2, 2, 3]))
+        words["".join(ONSETS[rng.integers(len(ONSETS))] + VOWELS[rng.integers(len(VOWELS))] + CODAS[rng.integers(len(CODAS))]
+                      for _ in range(syllables))] = None
+    return list(words)
+
+
+def _chinese_words(rng: np.random.Generator, count: int) -> list[str]:
+    chars = [chr(0x4E00 + int(i)) for i in rng.permutation(0x9FA5 - 0x4E00)[:3500]]
+    weights = 1.0 / np.arange(1, len(chars) + 1)
+    weights /= weights.sum()
+    words: dict[str, None] = {}
+    while len(words) < count:
+        size = int(rng.choice([1, 2, 2, 2, 3]))
+        words["".join(chars[i] for i in rng.choice(len(chars), size=size, p=weights))] = None
+    return list(words)
+
+
+def _en_sentence(words: list[str]) -> str:
+    text = " ".join(w + "," if i % 9 == 8 and i < len(words) - 1 else w for i, w in enumerate(words))
+    return text[:1].upper() + text[1:] + "."
+
+
+def _zh_sentence(words: list[str]) -> str:
+    return "".join(w + "，" if i % 7 == 6 and i < len(words) - 1 else w for i, w in enumerate(words)) + "。"
+
+
+def alpaca_records(n: int, seed: int = 0) -> list[dict]:
+    """Instruction 5-29 words, an input in 30% of records, long-tailed answers (lognormal)."""
+    text = Text(seed)
+    rng = text.rng
+    chinese = rng.random(n) < 0.5  # a record is all Chinese or all English
+    has_input = rng.random(n) < 0.3
+    instructions = text.sentences(rng.integers(5, 30, n), chinese)
+    inputs = text.sentences(rng.integers(5, 40, n), chinese)
+    outputs = text.sentences(rng.lognormal(3.8, 0.8, n).astype(np.int64) + 3, chinese)
+    return [
+        {"instruction": q, "input": c if keep else "", "output": a}
+        for q, c, a, keep in zip(instructions, inputs, outputs, has_input.tolist())
+    ]
+
+
+def write_layouts(n: int, folder: Path, layouts: list[str]) -> dict[str, Path]:
+    """The files of n records in each layout; ones already there (--work) are reused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = {
+        "json-line": folder / "alpaca-line.json", "json-indented": folder / "alpaca-indented.json",
+        "jsonl": folder / "alpaca.jsonl", "parquet": folder / "alpaca.parquet",
+    }
+    missing = [layout for layout in layouts if not paths[layout].exists()]
+    records = alpaca_records(n) if missing else []
+    for layout in missing:
+        path = paths[layout]
+        if layout == "parquet":
+            pq.write_table(pa.Table.from_pylist(records), path)
+        elif layout == "jsonl":
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        else:
+            path.write_text(json.dumps(records, ensure_ascii=False, indent=2 if layout == "json-indented" else None), encoding="utf-8")
+    return {layout: paths[layout] for layout in layouts}
+
+
+def tokenizer_folder(work: Path) -> Path:
+    folder = work / f"tokenizer-{VOCAB}"
+    if not (folder / "tokenizer.json").is_file():
+        from lmtune.tiny import train_tokenizer
+
+        corpus = [value for r in alpaca_records(40_000, seed=1) for value in r.values() if value]
+        train_tokenizer(corpus, folder, vocab_size=VOCAB)
+    return folder
+
+
+# ---------------------------------------------------------------- runs
+
+
+def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system, the process and its children) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def run_lmtune(data: Path, tokenizer: Path, out: Path) -> tuple[float, float]:
+    lmtune = Path(sys.executable).parent / "lmtune"
+    return timed([str(lmtune), "data", "encode", "--data", str(data), "--template", "alpaca",
+                  "--tokenizer", str(tokenizer), "--cutoff-len", "512", "--out", str(out)])
+
+
+def peer_model(work: Path, tokenizer: Path) -> Path:
+    """A folder LLaMA-Factory accepts as a model: the tokenizer and a tiny Llama config."""
+    folder = work / "peer-model"
+    if not (folder / "config.json").is_file():
+        from lmtune.model.load import load_tokenizer
+        from lmtune.tiny import build_model
+
+        build_model(load_tokenizer(str(tokenizer)), folder, hidden_size=64, layers=1)
+    return folder
+
+
+def run_peer(cli: str, data: Path, model: Path, work: Path, attempt: int) -> float:
+    """LLaMA-Factory's SFT preprocessing of the same file: with `tokenized_path` set and not yet
+    there, it tokenizes, saves the dataset and exits before loading the model. A fresh datasets
+    cache each time, so no run reuses an earlier one's Arrow files."""
+    run_dir = work / f"peer-run-{data.stem}-{attempt}"
+    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    run_dir.mkdir(parents=True)
+    (run_dir / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": str(data)}}))
+    config = {
+        "model_name_or_path": str(model), "stage": "sft", "do_train": False, "finetuning_type": "lora",
+        "dataset": "bench", "dataset_dir": str(run_dir), "template": "alpaca", "cutoff_len": 512,
+        "overwrite_cache": True, "tokenized_path": str(run_dir / "tokenized"),
+        "output_dir": str(run_dir / "out"), "report_to": "none",
+    }
+    # YAML (each value as JSON, which YAML reads): LLaMA-Factory 0.9.5 fails on a .json config.
+    (run_dir / "config.yaml").write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in config.items()))
+    env = {**os.environ, "HF_DATASETS_CACHE": str(run_dir / "hf-cache"), "HF_HUB_OFFLINE": "1",
+           "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": ""}
+    seconds = timed([cli, "train", str(run_dir / "config.yaml")], env)
+    if not (run_dir / "tokenized").is_dir():
+        sys.exit(f"{cli} finished without writing {run_dir / 'tokenized'}: it did not preprocess")
+    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    return seconds
+
+
+def digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=8).hexdigest()
+
+
+def bench(n: int, work: Path, layouts: list[str], repeat: int, peer: str | None) -> None:
+    folder = work / f"records-{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = write_layouts(n, folder, layouts)
+    tokenizer = tokenizer_folder(work)
+    print(f"\n{n:,} records; tokenizer: {VOCAB:,}-token byte-level BPE; {repeat} run(s) each")
+    print("| what | file MB | wall s, each run | CPU s (user + sys), each run | records/s (best wall) |")
+    print("|---|---|---|---|---|")
+    outputs, best = {}, {}
+    for layout, path in files.items():
+        out = folder / f"encoded-{layout}.jsonl"
+        runs = [run_lmtune(path, tokenizer, out) for _ in range(repeat)]
+        outputs[layout] = digest(out)
+        out.unlink()
+        best[layout] = _row(f"lmtune, {layout}", path, n, runs)
+    if len(set(outputs.values())) > 1:
+        sys.exit(f"the layouts gave different encodings: {outputs}")
+    if peer and "json-line" in files:
+        model = peer_model(work, tokenizer)
+        runs = [run_peer(peer, files["json-line"], model, work, i) for i in range(repeat)]
+        lf = _row("LLaMA-Factory, json-line", files["json-line"], n, runs)
+        print(f"lmtune is {lf / best['json-line']:.1f}x faster than LLaMA-Factory on the one-line .json (best wall times)")
+
+
+def _row(name: str, path: Path, n: int, runs: list[tuple[float, float]]) -> float:
+    walls = " / ".join(f"{wall:.1f}" for wall, _ in runs)
+    cpus = " / ".join(f"{cpu:.1f}" for _, cpu in runs)
+    best = min(wall for wall, _ in runs)
+    print(f"| {name} | {path.stat().st_size / 1e6:.1f} | {walls} | {cpus} | {n / best:,.0f} |", flush=True)
+    return best
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--records", type=int, default=50_000)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, nargs="+", default=[50_000])
+    parser.add_argument("--large", action="store_true", help="also 500,000 records")
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument("--repeat", type=int, default=2, help="runs per layout (the machine is shared: noisy)")
+    parser.add_argument("--peer", help="path to llamafactory-cli, to time LLaMA-Factory on the same file")
+    parser.add_argument("--work", type=Path, help="keep data, tokenizer and outputs here (reused on the next run)")
     args = parser.parse_args()
-    convs = synthetic(args.records)
-    with tempfile.TemporaryDirectory() as folder:
-        corpus = [t.content for c in synthetic(5000, seed=1) for t in c.turns]
-        train_tokenizer(corpus, folder, vocab_size=4000)
-        tokenizer = load_tokenizer(folder)
-    encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=1024)
-
-    start = time.perf_counter()
-    naive = [encoder.encode(c) for c in convs]
-    naive_s = time.perf_counter() - start
-    start = time.perf_counter()
-    batched = encode_all(convs, encoder)
-    batched_s = time.perf_counter() - start
-
-    assert [s.input_ids for s in naive] == [s.input_ids for s in batched]
-    assert [s.labels for s in naive] == [s.labels for s in batched]
-    tokens = sum(len(s.input_ids) for s in batched)
-    print(f"{len(convs)} records, {tokens} tokens, {sum(s.truncated for s in batched)} truncated")
-    for name, seconds in (("one at a time", naive_s), ("batched", batched_s)):
-        print(f"{name:>14}: {seconds:6.2f} s  {len(convs) / seconds:9.0f} records/s  {tokens / seconds:10.0f} tokens/s")
-    print(f"speed-up: {naive_s / batched_s:.1f}x")
+    sizes = args.records + ([500_000] if args.large else [])
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.work or Path(scratch)
+        for n in sizes:
+            bench(n, work, args.layouts, args.repeat, args.peer)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from lmtune.data.encode import IGNORE_INDEX, Collator, Encoder
@@ -154,3 +156,29 @@ def test_mask_positions_for_every_train_on_mode(tokenizer, turns, train_on):
     assert sample.labels == expected
     for a, b in spans:
         assert tokenizer.decode(sample.input_ids[a:b]) in answers
+
+
+def test_labels_from_segment_bounds_match_labels_from_every_offset(tokenizer):
+    # _owners_at_bounds looks tokens up at the segment ends only; it must agree with _owners,
+    # which reads every token's offsets, also where byte-level BPE splits one character (an
+    # emoji, a rare Chinese character) over several tokens or a token straddles a boundary.
+    from lmtune.data.encode import _owners, _owners_at_bounds
+    from lmtune.templates.template import Segment
+
+    rng = random.Random(0)
+    pieces = ["", " ", "\n", "a", "the", " answer", "ing", "é", "中", "国", "😀", "👩‍👧", "。", "<|im_end|>", "\t "]
+    cases = [
+        [Segment("".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))), rng.random() < 0.5, rng.random() < 0.2)
+         for _ in range(rng.randint(1, 5))]
+        for _ in range(3000)
+    ]
+    backend = tokenizer.backend_tokenizer
+    looked_up = 0
+    for segments, encoding in zip(cases, backend.encode_batch(["".join(s.text for s in c) for c in cases], add_special_tokens=False)):
+        fast, exact = _owners_at_bounds(encoding, segments), _owners(encoding.ids, encoding.offsets, segments)
+        if fast is None:  # an empty answer or EOS segment: the caller falls back to _owners
+            assert any(not s.text and (s.answer or s.eos_label) for s in segments)
+            continue
+        looked_up += 1
+        assert (fast.ids, fast.owner.tolist(), fast.eos_at) == (exact.ids, exact.owner.tolist(), exact.eos_at), segments
+    assert looked_up > 1000

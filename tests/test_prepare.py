@@ -1,7 +1,7 @@
 import json
 
 from lmtune.config import DataConfig
-from lmtune.data.encode import Encoder
+from lmtune.data.encode import TRAIN_ON, Encoder
 from lmtune.data.prepare import prepare
 from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
 from lmtune.templates.template import get_template
@@ -19,6 +19,13 @@ def test_batched_encoding_equals_one_at_a_time(tokenizer):
     batched = encoder.encode_many(convs)
     assert batched == [encoder.encode(c) for c in convs]
     assert [s.truncated for s in batched] == [False, False, True, True, False]
+    tokenized = encoder._tokenize([encoder.render(c) for c in convs])
+    for one in tokenized:
+        one.spans = None  # labels from the owner array instead of the answer spans: the same samples
+    assert encoder._samples(convs, tokenized) == batched
+    for train_on in TRAIN_ON:  # in chunks of 2, each tokenized in the second thread while the one before is labelled
+        encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=52, train_on=train_on)
+        assert list(encoder.encode_stream(convs, chunk=2)) == encoder.encode_many(convs)
 
 
 def test_second_run_reads_the_cache_and_a_changed_file_misses_it(tmp_path, tokenizer):

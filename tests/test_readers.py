@@ -1,10 +1,13 @@
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lmtune.data.readers import RawRecord, data_files, detect_encoding, open_records, read_conversations, read_records
+from lmtune.data.readers import (
+    RawRecord, _json_array_records, data_files, detect_encoding, open_records, read_conversations, read_records,
+)
 from lmtune.data.records import ASSISTANT, USER
 from lmtune.errors import DataError
 
@@ -130,6 +133,42 @@ def test_jsonl_bad_lines_become_raw_records_and_reading_goes_on(tmp_path):
     assert (last.line, last.record, last.where) == (5, {"text": "c"}, f"{path}:5")
     with pytest.raises(DataError, match=r"d\.jsonl:3:14: malformed JSON: Expecting ',' delimiter"):
         list(read_records(path))
+
+
+class _ScanCountingText(str):
+    """Text that adds up how many characters str.count is asked to scan."""
+
+    scanned = 0
+
+    def count(self, sub, start=0, end=None):
+        end = len(self) if end is None else end
+        _ScanCountingText.scanned += max(0, end - start)
+        return super().count(sub, start, end)
+
+
+def test_json_array_lines_stay_exact_and_each_character_is_counted_once(tmp_path):
+    # Records of 1 to 18 lines, blank lines and a CRLF between them: every start line must be
+    # exact, yet the newlines are counted once over the file, not again from the start for each
+    # record (that made a 21 MB array take minutes).
+    rng = random.Random(0)
+    pieces, starts, line = ["[\n"], [], 2
+    for i in range(3000):
+        record = {"instruction": f"q{i}", "output": "a\nb", "history": [["q", "a"]] * rng.randint(0, 3)}
+        text = json.dumps(record, indent=rng.choice([None, 1, 2])) if i % 3 else json.dumps(record)
+        gap = ",\n" + "\n" * rng.randint(0, 2) if i < 2999 else "\r\n\n"
+        starts.append(line)
+        pieces += [text, gap]
+        line += text.count("\n") + gap.count("\n")
+    text = _ScanCountingText("".join(pieces + ["]\n"]))
+    _ScanCountingText.scanned = 0
+    read = list(_json_array_records(tmp_path / "big.json", text))
+    assert [r.line for r in read] == starts
+    assert [r.record["instruction"] for r in read] == [f"q{i}" for i in range(3000)]
+    assert _ScanCountingText.scanned <= len(text)
+    for bad, reason in ((text + "\n[]", "unexpected text after the JSON array"), ("".join(pieces[:-1]) + " 1]", "malformed JSON: expected")):
+        where = len(bad) - 2
+        with pytest.raises(DataError, match=rf"big\.json:{bad.count(chr(10), 0, where) + 1}: {reason}"):
+            list(_json_array_records(tmp_path / "big.json", _ScanCountingText(bad)))
 
 
 def test_json_array_elements_that_are_not_objects(tmp_path):

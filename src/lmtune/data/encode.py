@@ -11,6 +11,8 @@ every answer (default), the last one only, or everything. Inference builds its p
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,7 @@ from lmtune.templates.template import ANSWER_ROLES, Segment, Template, exchanges
 
 IGNORE_INDEX = -100
 TRAIN_ON = ("all_assistant", "last_assistant", "all")
+CHUNK = 1000  # conversations per tokenizer call in encode_stream: big enough to amortise, small enough to stay in cache
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Tokenized:
     ids: list[int]
     owner: np.ndarray  # per token: index of the answer it belongs to, or -1 for prompt
     eos_at: tuple[int, ...] = ()  # tokens trained to predict EOS instead of themselves (Segment.eos_label)
+    spans: list[tuple[int, int]] | None = None  # [first, stop) of each answer's tokens, where known: labels without numpy
 
 
 class Encoder:
@@ -68,14 +72,32 @@ class Encoder:
 
     def encode_many(self, convs: list[Conversation]) -> list[Sample]:
         """Training samples; the whole batch goes through the tokenizer in one call."""
-        samples = []
-        for conv, tokenized in zip(convs, self._tokenize([self.render(c) for c in convs])):
-            _check_answered(conv)
-            if len(self.bos) + len(tokenized.ids) <= self.cutoff_len:
-                samples.append(self._sample(tokenized))
-            else:
-                samples.append(self._truncated(conv))
-        return samples
+        return self._samples(convs, self._tokenize([self.render(c) for c in convs]))
+
+    def encode_stream(self, convs: list[Conversation], chunk: int = CHUNK) -> Iterator[Sample]:
+        """encode_many, `chunk` conversations at a time and in order, so memory stays flat however
+        many there are. While Python builds one chunk's labels, a second thread tokenizes the next:
+        the Rust tokenizer runs without the GIL, so neither waits for the other."""
+        parts = [convs[start : start + chunk] for start in range(0, len(convs), chunk)]
+        if not (self._has_offsets and self._backend_is_exact):
+            # The slow paths go through the Hugging Face call, which sets the backend's truncation
+            # and padding on every call: one caller at a time.
+            for part in parts:
+                yield from self.encode_many(part)
+            return
+        with ThreadPoolExecutor(1) as tokenizer_thread:
+            pending = None  # (conversations, rendered, encodings to come) of the chunk being tokenized
+            for part in parts:
+                rendered = [self.render(c) for c in part]
+                ahead = part, rendered, tokenizer_thread.submit(self._encode_batch, rendered)
+                if pending:
+                    yield from self._labelled_samples(*pending)
+                pending = ahead
+            if pending:
+                yield from self._labelled_samples(*pending)
+
+    def _labelled_samples(self, convs: list[Conversation], rendered: list[list[Segment]], encodings: Future) -> list[Sample]:
+        return self._samples(convs, _labelled(encodings.result(), rendered))
 
     def prompt_ids(self, conv: Conversation) -> list[int]:
         """Generation prompt for a conversation that ends with a user turn."""
@@ -91,14 +113,15 @@ class Encoder:
             return []
         if not self._has_offsets:
             return [self._tokenize_by_segment(segments) for segments in rendered]
-        texts = ["".join(s.text for s in segments) for segments in rendered]
         if self._backend_is_exact:
-            encodings = self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-            pairs = [(e.ids, e.offsets) for e in encodings]
-        else:
-            out = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-            pairs = list(zip(out["input_ids"], out["offset_mapping"]))
-        return [_owners(ids, offsets, segments) for (ids, offsets), segments in zip(pairs, rendered)]
+            return _labelled(self._encode_batch(rendered), rendered)
+        texts = ["".join(s.text for s in segments) for segments in rendered]
+        out = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [_owners(ids, offsets, segments) for ids, offsets, segments in zip(out["input_ids"], out["offset_mapping"], rendered)]
+
+    def _encode_batch(self, rendered: list[list[Segment]]) -> list:
+        texts = ["".join(s.text for s in segments) for segments in rendered]
+        return self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
 
     def _tokenize_by_segment(self, segments: list[Segment]) -> Tokenized:
         """Slow tokenizers have no offsets: tokenize segment by segment instead."""
@@ -127,8 +150,20 @@ class Encoder:
 
     # ------------------------------------------------------------ labels and truncation
 
+    def _samples(self, convs: list[Conversation], tokenized: list[Tokenized]) -> list[Sample]:
+        samples = []
+        for conv, one in zip(convs, tokenized):
+            _check_answered(conv)
+            if len(self.bos) + len(one.ids) <= self.cutoff_len:
+                samples.append(self._sample(one))
+            else:
+                samples.append(self._truncated(conv))
+        return samples
+
     def _sample(self, tokenized: Tokenized, truncated: bool = False) -> Sample:
         ids, owner = tokenized.ids, tokenized.owner
+        if self.train_on == "all_assistant" and tokenized.spans is not None:
+            return self._sample_from_spans(tokenized, truncated)
         if self.train_on == "all":
             trained = np.ones(len(ids), dtype=bool)
         elif self.train_on == "last_assistant":
@@ -139,6 +174,18 @@ class Encoder:
         targets[list(tokenized.eos_at)] = self.eos_id
         labels = np.where(trained, targets, IGNORE_INDEX).tolist()
         return Sample(self.bos + list(ids), [IGNORE_INDEX] * len(self.bos) + labels, truncated)
+
+    def _sample_from_spans(self, tokenized: Tokenized, truncated: bool) -> Sample:
+        """_sample's labels for every answer, by list slices: the common case, several times faster."""
+        ids = tokenized.ids
+        labels = [IGNORE_INDEX] * (len(self.bos) + len(ids))
+        at = len(self.bos)
+        for first, stop in tokenized.spans:
+            labels[at + first : at + stop] = ids[first:stop]
+        for token in tokenized.eos_at:
+            if labels[at + token] != IGNORE_INDEX:
+                labels[at + token] = self.eos_id
+        return Sample(self.bos + ids, labels, truncated)
 
     def _truncated(self, conv: Conversation) -> Sample:
         """Drop the oldest exchanges first (the system prompt stays); if one exchange is still too
@@ -188,6 +235,51 @@ def _owners(ids: list[int], offsets, segments: list[Segment]) -> Tokenized:
             eos_at += np.nonzero((starts < end) & (ends >= end))[0][:1].tolist()
         position = end
     return Tokenized(list(ids), owner, tuple(eos_at))
+
+
+def _labelled(encodings: list, rendered: list[list[Segment]]) -> list[Tokenized]:
+    return [_owners_at_bounds(e, segments) or _owners(e.ids, e.offsets, segments) for e, segments in zip(encodings, rendered)]
+
+
+def _owners_at_bounds(encoding, segments: list[Segment]) -> Tokenized | None:
+    """What _owners gives, from a few look-ups at the segment ends instead of every token's
+    offsets: turning millions of offsets into Python tuples cost more than the tokenizing. It
+    relies on offsets that never go back, as a tokenizer's do within one text; None where a
+    boundary has no token of its own (an empty segment, a character a normalizer dropped), and
+    the caller then takes the offsets."""
+    ids = encoding.ids
+    owner = np.full(len(ids), -1, dtype=np.int64)
+    position, answer, eos_at, spans = 0, 0, [], []
+    for segment in segments:
+        end = position + len(segment.text)
+        if segment.answer or segment.eos_label:
+            span = _overlapping(encoding, position, end, len(ids))
+            if span is None:
+                return None
+            if segment.answer:
+                part = owner[span[0] : span[1]]
+                part[part < 0] = answer
+                answer += 1
+                spans.append(span)
+            if segment.eos_label:  # the segment's last token: the first one that reaches its end
+                eos_at.append(encoding.char_to_token(end - 1))
+        position = end
+    return Tokenized(ids, owner, tuple(eos_at), spans)
+
+
+def _overlapping(encoding, start: int, end: int, count: int) -> tuple[int, int] | None:
+    """[first, stop): the tokens whose characters overlap [start, end), as _owners decides it."""
+    if end <= start:
+        return None
+    first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
+    if first is None or last is None:
+        return None
+    # char_to_token gives the first token holding a character. Past `last` come the other pieces
+    # of a character byte-level BPE split over several tokens, and a token running past the end.
+    stop = last + 1
+    while stop < count and (after := encoding.token_to_chars(stop)) and after[0] < end:
+        stop += 1
+    return first, stop
 
 
 def _check_answered(conv: Conversation) -> None:

@@ -16,6 +16,7 @@ from lmtune.config import DataConfig
 from lmtune.data.convert import from_conversation
 from lmtune.data.encode import Encoder
 from lmtune.data.load import LoadReport, load_data, open_sources
+from lmtune.data.prepare import gc_paused
 from lmtune.data.records import Conversation
 from lmtune.data.registry import resolve_datasets
 from lmtune.errors import RecordError
@@ -72,10 +73,12 @@ def filter_records(data: DataConfig, tokenizer, out: Path, seed: int = 42) -> Wr
 
 def encode(data: DataConfig, encoder: Encoder, out: Path, seed: int = 42) -> Written:
     """{"input_ids", "labels"} per record, exactly as training sees them."""
-    loaded = load_data(data, seed=seed)
-    convs: list[Conversation] = loaded.train + loaded.dev
-    rows = ({"input_ids": s.input_ids, "labels": s.labels} for s in encoder.encode_many(convs))
-    return _finish({str(out): write_jsonl(out, rows)}, loaded.report, out.parent)
+    with gc_paused():
+        loaded = load_data(data, seed=seed)
+        convs: list[Conversation] = loaded.train + loaded.dev
+        rows = ({"input_ids": s.input_ids, "labels": s.labels} for s in encoder.encode_stream(convs))  # written as encoded
+        written = write_jsonl(out, rows)
+    return _finish({str(out): written}, loaded.report, out.parent)
 
 
 def _originals(data: DataConfig, wanted: set[tuple[str, int]]):

@@ -7,10 +7,13 @@ starts training at once; change any of them and the data is encoded again.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +30,6 @@ from lmtune.data.registry import resolve_datasets
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the encoding of samples changes
-CHUNK = 1000  # conversations per tokenizer call: big enough to amortise, small enough to stay in cache
 
 
 @dataclass
@@ -47,19 +49,31 @@ def prepare(data: DataConfig, encoder: Encoder, seed: int) -> Prepared:
     if folder and (cached := _read_cache(folder)):
         log.info("data: encoded samples from the cache %s", folder)
         return cached
-    loaded = load_data(data, encoder.tokenizer, seed)
-    encode = document_samples if data.stage == "pt" else encode_all
-    prepared = Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
+    with gc_paused():
+        loaded = load_data(data, encoder.tokenizer, seed)
+        encode = document_samples if data.stage == "pt" else encode_all
+        prepared = Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
     if folder:
         _write_cache(folder, prepared)
     return prepared
 
 
 def encode_all(convs, encoder: Encoder) -> list[Sample]:
-    samples: list[Sample] = []
-    for start in range(0, len(convs), CHUNK):
-        samples += encoder.encode_many(convs[start : start + CHUNK])
-    return samples
+    return list(encoder.encode_stream(convs))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Reading and encoding make millions of small objects, none of them in reference cycles, so
+    none for the cycle collector to free; yet it walks them again and again as they pile up
+    (~10% of `lmtune data encode`). Paused while they are made, on again after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------- cache

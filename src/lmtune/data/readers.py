@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,13 +189,14 @@ def open_records(path: Path, streaming: bool = False, txt_lines: bool = False) -
 
 
 def _json_array_records(path: Path, text: str) -> Iterator[RawRecord]:
-    """Walk the array element by element so each record knows its line."""
+    """Walk the array element by element so each record knows its line. Lines are counted on from
+    the previous record, never from the start of the file: that made reading quadratic."""
     decoder = json.JSONDecoder()
+    lines = _LineCounter(text)
     pos = _skip_space(text, 0)
     if text[pos : pos + 1] != "[":
-        line = text.count("\n", 0, pos) + 1
         raise DataError(
-            f"{path}:{line}: a .json data file must hold one JSON array; use .jsonl for one object per line"
+            f"{path}:{lines.at(pos)}: a .json data file must hold one JSON array; use .jsonl for one object per line"
         )
     pos = _skip_space(text, pos + 1)
     if text[pos : pos + 1] == "]":
@@ -204,24 +206,36 @@ def _json_array_records(path: Path, text: str) -> Iterator[RawRecord]:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from exc
-        yield _object_record(path, text.count("\n", 0, pos) + 1, value, text[pos:end])
+        yield _object_record(path, lines.at(pos), value, text[pos:end])
         pos = _skip_space(text, end)
         char = text[pos : pos + 1]
         if char == "]":
             rest = _skip_space(text, pos + 1)
             if rest < len(text):
-                raise DataError(f"{path}:{text.count(chr(10), 0, rest) + 1}: unexpected text after the JSON array")
+                raise DataError(f"{path}:{lines.at(rest)}: unexpected text after the JSON array")
             return
         if char != ",":
-            line = text.count("\n", 0, pos) + 1
-            raise DataError(f"{path}:{line}: malformed JSON: expected ',' or ']' between records")
+            raise DataError(f"{path}:{lines.at(pos)}: malformed JSON: expected ',' or ']' between records")
         pos = _skip_space(text, pos + 1)
 
 
+class _LineCounter:
+    """The 1-based line of a position in text, for positions that only move forward."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.line = text, 0, 1
+
+    def at(self, pos: int) -> int:
+        self.line += self.text.count("\n", self.pos, pos)
+        self.pos = pos
+        return self.line
+
+
+_SPACE = re.compile(r"[ \t\r\n]*")  # JSON's whitespace, nothing more (str.isspace would also take U+2028 …)
+
+
 def _skip_space(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
+    return _SPACE.match(text, pos).end()
 
 
 def _jsonl_records(path: Path, lines: Iterable[str]) -> Iterator[RawRecord]:
