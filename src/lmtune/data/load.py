@@ -183,7 +183,7 @@ def open_sources(spec: DatasetSpec, data: DataConfig) -> Iterator[tuple[str, str
         yield spec.hub.name, "utf-8", hub_records(spec.hub)  # Arrow strings are UTF-8
         return
     for path in spec.files:
-        encoding, records = open_records(path, streaming=data.streaming, txt_lines=spec.txt_lines)
+        encoding, records = open_records(path, streaming=data.streaming, encoding=data.encoding, txt_lines=spec.txt_lines)
         yield str(path), encoding, records
 
 

@@ -66,14 +66,19 @@ _BOMS = (  # UTF-32's BOMs begin with UTF-16's, so they are checked first
     (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
     (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
 )
-# On short samples several double-byte codecs decode equally cleanly (GBK text scores as well
-# as Korean cp949); lmtune's users bring Chinese data, so a tie goes to the Chinese codecs.
 _TIE_PREFERENCE = ("gb18030", "big5")
 _SUPERSETS = {"gbk": "gb18030", "gb2312": "gb18030"}  # decode GBK-detected text with its superset
 
 
-def detect_encoding(path: Path) -> str:
-    """The text encoding of a file, named as Python's codecs know it ("utf-8", "gb18030", …)."""
+def detect_encoding(path: Path, declared: str = "auto") -> str:
+    """The text encoding of a file, named as Python's codecs know it ("utf-8", "gb18030", …).
+
+    `declared` (data.encoding) names it instead of detecting; a name Python does not know is an error."""
+    if declared != "auto":
+        try:
+            return codecs.lookup(declared).name
+        except LookupError:
+            raise DataError(f"data.encoding: unknown text encoding '{declared}' (e.g. utf-8, gb18030, big5, cp1252)") from None
     with open(path, "rb") as handle:
         sample = handle.read(SAMPLE_BYTES)
         complete = not handle.read(1)
@@ -87,10 +92,8 @@ def detect_encoding(path: Path) -> str:
         # The detector rejects a codec that fails on the sample's cut-off last character;
         # a newline byte is never part of a GB18030 or Big5 character, so cut after one.
         sample = sample[: sample.rfind(b"\n") + 1] or sample
-    name = _guess(sample)
-    if name is None:
-        raise DataError(f"{path}: cannot tell its text encoding; is it text? Save it as UTF-8")
-    return name
+    _refuse_mixed_utf8(path, sample)
+    return _guess(path, sample)
 
 
 def _is_utf8(sample: bytes, complete: bool) -> bool:
@@ -101,16 +104,54 @@ def _is_utf8(sample: bytes, complete: bool) -> bool:
     return True
 
 
-def _guess(sample: bytes) -> str | None:
+def _refuse_mixed_utf8(path: Path, sample: bytes) -> None:
+    """Some lines UTF-8 with non-ASCII text, others not: no single encoding reads both right
+    (GB18030 decodes UTF-8 bytes into wrong Chinese without an error), so say which line breaks."""
+    utf8_line = None
+    for number, line in enumerate(sample.split(b"\n"), start=1):
+        if line.isascii():
+            continue
+        if _is_utf8(line, True):
+            utf8_line = utf8_line or number
+        elif utf8_line:
+            raise DataError(
+                f"{path}:{number}: this line is not UTF-8, while line {utf8_line} is: the file mixes text encodings; "
+                "save every line as UTF-8"
+            )
+
+
+def _guess(path: Path, sample: bytes) -> str:
+    """The detector's best encodings, when they agree on the text. Several code pages often fit
+    equally well and read the same bytes as different letters (cp1252 'Crème', cp1250 'Crčme'):
+    one is never picked silently, the user is asked to name it."""
     from charset_normalizer import from_bytes  # imported here: only non-UTF-8 files need it
 
     matches = list(from_bytes(sample))
     if not matches:
-        return None
+        raise DataError(f"{path}: cannot tell its text encoding; is it text? Save it as UTF-8")
     least = min(match.chaos for match in matches)
-    tied = [codecs.lookup(match.encoding).name for match in matches if match.chaos == least]
-    name = next((preferred for preferred in _TIE_PREFERENCE if preferred in tied), tied[0])
-    return _SUPERSETS.get(name, name)
+    tied = list(dict.fromkeys(_SUPERSETS.get(n, n) for n in (codecs.lookup(m.encoding).name for m in matches if m.chaos == least)))
+    # lmtune's users bring Chinese data, and GBK text scores as well as Korean cp949 on short samples.
+    preferred = next((name for name in _TIE_PREFERENCE if name in tied), None)
+    if preferred:
+        return preferred
+    readings = {name: sample.decode(name, errors="replace") for name in tied}
+    if len(set(readings.values())) == 1:
+        return tied[0]
+    raise DataError(f"{path}: {_ambiguity(readings)}; name the right one (data.encoding, or --encoding in lmtune data commands), or save the file as UTF-8")
+
+
+def _ambiguity(readings: dict[str, str]) -> str:
+    """'cp1252 reads "Crème", cp1250 reads "Crčme"': the first word on which the candidates differ."""
+    texts = list(readings.values())
+    at = next(i for i, chars in enumerate(zip(*texts)) if len(set(chars)) > 1)
+    words = {}
+    for name, text in readings.items():
+        start = max(text.rfind(" ", 0, at), text.rfind('"', 0, at)) + 1
+        stop = min((i for i in (text.find(" ", at), text.find('"', at)) if i >= 0), default=len(text))
+        words[name] = text[start:stop]
+    shown = ", ".join(f"{name} reads {word!r}" for name, word in list(words.items())[:4])
+    return f"the text encoding is ambiguous: {shown}"
 
 
 _MIXED_HINT = "the file mixes encodings or is not text; save it as UTF-8"
@@ -155,7 +196,9 @@ class RawRecord:
         return f"{self.path}:{self.line}"
 
 
-def open_records(path: Path, streaming: bool = False, txt_lines: bool = False) -> tuple[str, Iterator[RawRecord]]:
+def open_records(
+    path: Path, streaming: bool = False, encoding: str = "auto", txt_lines: bool = False
+) -> tuple[str, Iterator[RawRecord]]:
     """(encoding, records) of one data file.
 
     .json: one JSON array, read whole (a syntax error in it raises DataError: nothing after it can
@@ -170,7 +213,7 @@ def open_records(path: Path, streaming: bool = False, txt_lines: bool = False) -
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return "utf-8", _parquet_records(path)  # Parquet strings are UTF-8 by specification
-    encoding = detect_encoding(path)
+    encoding = detect_encoding(path, encoding)
     if suffix == ".json":
         return encoding, _json_array_records(path, _read_text(path, encoding))
     # Both ways give the same lines: \r\n and \r read as \n, except in .csv, which keeps line
