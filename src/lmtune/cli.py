@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lmtune.cli_data import data_app
+from lmtune.cli_doctor import doctor, env
 from lmtune.cli_infer import ADAPTER, KB_K, KB_THRESHOLD, MODEL, ON_NO_HIT, TEMPLATE, chat, eval_app, generate
 from lmtune.cli_kb import kb_app
 from lmtune.errors import LmtuneError
@@ -63,6 +64,8 @@ app.command()(chat)
 app.command()(generate)
 app.add_typer(eval_app, name="eval")
 app.add_typer(kb_app, name="kb")
+app.command()(doctor)
+app.command()(env)
 
 
 @app.command()
