@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Fine-tune open causal language models from one YAML config, then chat with them and generate.",
+    help="Fine-tune open causal language models from one YAML config; evaluate, chat with and serve them, grounded in your documents.",
 )
 app.add_typer(data_app, name="data")
 console = Console(stderr=True, soft_wrap=True)
