@@ -20,12 +20,12 @@ def model_checks(model: str) -> list[Check]:
         folder = check_model_dir(resolve_model(model)[0])
     except Exception as exc:  # noqa: BLE001 - ModelError, ConfigError, or the hub's errors
         return [Check("model folder", "fail", " ".join(str(exc).split()), "give a model folder or a hub id that resolves")]
-    results = [c for check in (check_model_files, check_shard_memory, check_disk_space, check_model_dtype, check_fa1_code)
+    results = [c for check in (check_model_files, check_ram_for_loading, check_disk_space, check_model_dtype, check_model_code)
                for c in guarded(check, folder)]
     tokenizer = guarded(tokenizer_loads, folder)
     if isinstance(tokenizer[0], Check):
         return results + tokenizer
-    for check in (check_special_tokens, check_round_trip, check_chat_template):
+    for check in (check_special_tokens, check_tokenizer_round_trip, check_chat_template):
         results += guarded(check, tokenizer[0], folder)
     return results
 
@@ -53,7 +53,7 @@ def available_ram() -> int:
     return psutil.virtual_memory().available
 
 
-def check_shard_memory(folder: Path) -> Check:
+def check_ram_for_loading(folder: Path) -> Check:
     """A shard is read whole into RAM; one larger than free memory ends in the kernel's bare 'Killed'."""
     files = weight_files(folder)
     if not files:
@@ -100,7 +100,7 @@ def check_model_dtype(folder: Path) -> Check:
     return Check("model dtype", "ok", f"{kind}, saved as {dtype}; the GPU supports it")
 
 
-def check_fa1_code(folder: Path) -> Check:
+def check_model_code(folder: Path) -> Check:
     """Remote model code written for FlashAttention 1 imports names FA2 renamed (flash_attn_varlen_*)."""
     from lmtune.doctor.checks import numbers, version_of
 
@@ -132,7 +132,7 @@ def check_special_tokens(tokenizer, folder: Path) -> Check:
     return Check("special tokens", "ok", ids)
 
 
-def check_round_trip(tokenizer, folder: Path) -> Check:
+def check_tokenizer_round_trip(tokenizer, folder: Path) -> Check:
     lost = [t for t in ROUND_TRIPS if tokenizer.decode(tokenizer.encode(t, add_special_tokens=False)).strip() != t]
     if lost:
         back = tokenizer.decode(tokenizer.encode(lost[0], add_special_tokens=False))

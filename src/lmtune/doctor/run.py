@@ -58,14 +58,14 @@ def check_data_files(config) -> Check:
 
     specs = resolve_datasets(config.data)  # a DataError names the missing file; guarded makes it a fail
     if not specs:
-        return Check("data", "fail", "the config names no data (data.path or data.dataset)", "add data.path: FILE")
+        return Check("data files", "fail", "the config names no data (data.path or data.dataset)", "add data.path: FILE")
     shown = []
     for spec in specs:
         if spec.hub:
             shown.append(f"{spec.name} (hub dataset, not read here)")
             continue
         shown.append(f"{spec.name}: {len(spec.files)} file(s), first records read ({len(first_conversations(spec, config.data, 2))})")
-    return Check("data", "ok", "; ".join(shown))
+    return Check("data files", "ok", "; ".join(shown))
 
 
 def check_dry_run(config) -> Check:
