@@ -1,11 +1,13 @@
-"""`lmtune serve` throughput: requests/s and generated tokens/s at 1, 8 and 32 concurrent clients.
+"""`lmtune serve` throughput and latency at 1 (one by one, the baseline), 8, 32 and 64 concurrent
+clients: requests/s, generated tokens/s, time to first token and whole-answer latency (p50, p95).
 
     .venv/bin/python benchmarks/bench_serve.py [--hidden 256] [--layers 4] [--requests 64] [--new 64]
 
 A random Llama (as in bench_generate.py) behind a live server on 127.0.0.1; each client sends
 chat requests one after another through the official openai client (streamed, ignore_eos so that
-every answer is exactly --new tokens). The same work with the engine's batched generate (what
-`lmtune generate` does, batch 32) is printed as the yardstick. Results go in benchmarks/RESULTS.md.
+every answer is exactly --new tokens); each level sends max(--requests, concurrency) requests.
+Clients and server share one process (and its GIL), as in the first measurement. Results go in
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -38,21 +40,35 @@ def serve(config: ServeConfig) -> Serving:
     return serving
 
 
-async def load(url: str, model: str, prompts: list[str], concurrency: int, new: int) -> float:
+async def load(url: str, model: str, prompts: list[str], concurrency: int, new: int) -> dict:
+    """Seconds for all prompts, and each request's time to first token and latency."""
     client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
-    todo = list(prompts)
+    todo, first, whole = list(prompts), [], []
 
     async def one_client():
         while todo:
+            sent = time.perf_counter()
             stream = await client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": todo.pop()}], max_tokens=new, temperature=0,
                 stream=True, extra_body={"ignore_eos": True})
-            async for _ in stream:
-                pass
+            seen = None
+            async for chunk in stream:
+                if seen is None and chunk.choices and chunk.choices[0].delta.content:
+                    seen = time.perf_counter()
+            done = time.perf_counter()
+            first.append((seen or done) - sent)
+            whole.append(done - sent)
 
     start = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(concurrency)))
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    await client.close()
+    return {"seconds": seconds, "requests": len(prompts), "ttft": first, "latency": whole}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -73,10 +89,17 @@ def main() -> None:
         serving = serve(config)
         url, model = f"http://127.0.0.1:{args.port}/v1", serving.models[0]
         asyncio.run(load(url, model, prompts[:4], 4, args.new))  # warm-up
-        results = {c: asyncio.run(load(url, model, prompts, c, args.new)) for c in (1, 8, 32)}
-    print(f"CPU; hidden {args.hidden}, {args.layers} layers, {args.requests} requests, {args.new} new tokens each")
-    for concurrency, seconds in results.items():
-        print(f"concurrency {concurrency:>2}: {args.requests / seconds:6.2f} requests/s  {args.requests * args.new / seconds:7.0f} tokens/s  {seconds:6.1f} s")
+        results = {c: asyncio.run(load(url, model, (prompts * c)[: max(args.requests, c)], c, args.new)) for c in (1, 8, 32, 64)}
+    print(f"CPU; hidden {args.hidden}, {args.layers} layers, {args.new} new tokens per answer, max batch 32")
+    print("| concurrency | requests | requests/s | tokens/s | TTFT p50 | TTFT p95 | latency p50 | latency p95 |")
+    print("|---|---|---|---|---|---|---|---|")
+    rate = {}
+    for concurrency, r in results.items():
+        rate[concurrency] = r["requests"] * args.new / r["seconds"]
+        name = "1 (one by one)" if concurrency == 1 else str(concurrency)
+        print(f"| {name} | {r['requests']} | {r['requests'] / r['seconds']:.2f} | {rate[concurrency]:.0f} | "
+              + " | ".join(f"{percentile(r[k], q):.2f} s" for k in ("ttft", "latency") for q in (0.5, 0.95)) + " |")
+    print(f"tokens/s at 32 concurrent / one by one: {rate[32] / rate[1]:.1f}x")
 
 
 if __name__ == "__main__":

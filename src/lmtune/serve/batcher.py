@@ -3,9 +3,10 @@
 `submit` checks a request and turns it into token ids at once (a bad conversation is a 400 before
 anything waits); one background thread takes up to max_batch queued answers for the same model
 (adapters are never mixed in a batch) and decodes them together. Requests that arrive meanwhile
-wait for the next batch (dynamic batching); finished or abandoned rows leave the running batch at
-every step. Everything a request hears comes as events (plain tuples), so a worker process can
-forward them over a pipe unchanged:
+join the running batch between steps (continuous batching: prefilled on their own, then merged
+into its cache), up to max_batch answers; finished or abandoned rows leave it at every step.
+Everything a request hears comes as events (plain tuples), so a worker process can forward them
+over a pipe unchanged:
 
     ("start", prompt_tokens)  ("text", choice, text, logprobs)
     ("done", choice, text, finish_reason, completion_tokens, logprobs)  ("end",)
@@ -23,7 +24,7 @@ from typing import Callable
 
 from lmtune.errors import LmtuneError
 from lmtune.infer.engine import Engine
-from lmtune.serve.decode import Row, Sampling, decode
+from lmtune.serve.decode import Feed, Row, Sampling, decode
 from lmtune.serve.schemas import ApiError, conversation
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Batcher:
             self.running = sum(len(job.rows) for job in jobs)
             self._stats()
             try:
-                self._run(jobs)
+                self._run(jobs)  # jobs grows as queued requests join the running batch
             except Exception as exc:  # a failed batch fails its own requests, never the server
                 log.exception("generation failed")
                 for job in jobs:
@@ -114,13 +115,33 @@ class Batcher:
             while not self.queue:
                 self.cond.wait()
             first = self.queue.popleft()
-            jobs, size = [first], len(first.rows)
-            for job in list(self.queue):
-                if job.model == first.model and size + len(job.rows) <= self.max_batch:
-                    self.queue.remove(job)
-                    jobs.append(job)
-                    size += len(job.rows)
-            return jobs
+            return [first, *self._more(first.model, self.max_batch - len(first.rows))]
+
+    def _more(self, model: str, room: int) -> list[Job]:
+        """Queued requests for this model, oldest first, while their answers fit in room (lock held)."""
+        jobs = []
+        for job in list(self.queue):
+            if job.model == model and len(job.rows) <= room:
+                self.queue.remove(job)
+                jobs.append(job)
+                room -= len(job.rows)
+        return jobs
+
+    def _joining(self, jobs: list[Job], live: int) -> list[Row]:
+        """Between steps: queued requests for the running batch's model join it (continuous batching)."""
+        if not self.queue:  # unlocked peek: a request that just missed it joins at the next step
+            return []
+        with self.cond:
+            # the oldest waiting request is for another model (adapter): let this batch drain so that
+            # it goes next, rather than starve behind a stream of requests for this one
+            oldest = self.queue[0].model if self.queue else jobs[0].model
+            new = self._more(jobs[0].model, self.max_batch - live) if oldest == jobs[0].model else []
+        if not new:
+            return []
+        jobs += new
+        self.running = live + sum(len(job.rows) for job in new)
+        self._stats()
+        return [row for job in new for row in job.rows]
 
     def _run(self, jobs: list[Job]) -> None:
         model, adapter = self.engine.model, self.adapters[jobs[0].model]
@@ -130,7 +151,7 @@ class Batcher:
             model.set_adapter(adapter)
             scope = contextlib.nullcontext()
         with scope:
-            decode(self.engine, [row for job in jobs for row in job.rows])
+            decode(self.engine, Feed([row for job in jobs for row in job.rows], lambda live: self._joining(jobs, live)))
 
     def _stats(self) -> None:
         self.on_stats(len(self.queue), self.running)

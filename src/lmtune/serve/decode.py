@@ -5,6 +5,9 @@ sampling settings, seed, penalties and stop strings.
 temperature, penalties and seed, so the server runs its own loop: one prefill of the left-padded
 prompts, then one forward pass per token for every row still going. A row that finishes, or whose
 client went away, leaves the batch at once (the cache drops its row), so it costs nothing more.
+Every row's token is picked in one batched pass (serve/sampler.py), and rows that arrive while the
+batch runs join it between steps (their own prefill, left-padded to the batch's width, then
+concatenated into its cache).
 Text reaches each client through the engine's TextStream: never half a UTF-8 character, never the
 start of a stop string.
 """
@@ -16,15 +19,11 @@ from typing import Callable
 
 import torch
 from transformers import DynamicCache
-from transformers.generation.logits_process import (
-    NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers.cache_utils import DynamicLayer
 
 from lmtune.data.encode import pad_batch
 from lmtune.infer.engine import Engine, TextStream
+from lmtune.serve.sampler import Sampler
 
 
 @dataclass
@@ -58,30 +57,101 @@ class Row:
     finished: bool = False
 
 
-def decode(engine: Engine, rows: list[Row]) -> None:
-    """Write every row's answer, calling its on_text as text becomes safe to show and on_done once."""
-    model, device = engine.model, engine.model.device
-    runs = [_Run(engine, row) for row in rows]
-    batch = pad_batch([{"input_ids": row.prompt} for row in rows], engine.tokenizer.pad_token_id, side="left")
-    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its own first token
-    cache = DynamicCache(config=model.config)
-    live = list(range(len(runs)))
+class Feed(list):
+    """Rows to decode, and more(live rows) → rows that join between steps (the batcher's queue).
+
+    A list, so that decode keeps its (engine, rows) call whatever feeds it."""
+
+    def __init__(self, rows: list[Row], more: Callable[[int], list[Row]]):
+        super().__init__(rows)
+        self.more = more
+
+
+def decode(engine: Engine, rows: list[Row] | Feed) -> None:
+    """Write every row's answer, calling its on_text as text becomes safe to show and on_done once.
+
+    When rows is a Feed, its more() is asked between steps for further rows: they are prefilled on
+    their own and join the running batch (continuous batching), so a request that arrives mid-batch
+    starts at once instead of waiting for the whole batch to end."""
+    joining = rows.more if isinstance(rows, Feed) else lambda live: []
     with torch.inference_mode():
+        batch = _Batch(engine, rows)
         while True:
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            tokens = [runs[i].step(out.logits[j, -1].float()) for j, i in enumerate(live)]
-            keep = [j for j, i in enumerate(live) if not runs[i].row.finished]
-            if not keep:
+            batch.step()
+            newcomers = joining(len(batch.runs)) if batch.mergeable() else []
+            if newcomers:
+                arrived = _Batch(engine, newcomers)
+                arrived.step()
+                batch = batch.join(arrived)
+            if not batch.runs:
                 return
-            if len(keep) < len(live):  # finished rows leave the batch and its cache
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                live, tokens = [live[j] for j in keep], [tokens[j] for j in keep]
-            ids = torch.tensor(tokens, device=device)[:, None]
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            positions = positions[:, -1:] + 1
+            batch.advance()
+
+
+class _Batch:
+    """Rows decoding together: their shared KV cache, attention mask, sampler and next tokens."""
+
+    def __init__(self, engine: Engine, rows: list[Row]):
+        """Prefill: one forward pass over the left-padded prompts, each row's first token picked."""
+        device = engine.model.device
+        self.engine, self.runs = engine, [_Run(engine, row) for row in rows]
+        padded = pad_batch([{"input_ids": row.prompt} for row in rows], engine.tokenizer.pad_token_id, side="left")
+        self.mask = padded["attention_mask"].to(device)
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its own first token
+        self.cache = DynamicCache(config=engine.model.config)
+        self.sampler: Sampler | None = None
+        self._forward(padded["input_ids"].to(device))
+
+    def _forward(self, ids: torch.Tensor) -> None:
+        out = self.engine.model(input_ids=ids, attention_mask=self.mask, position_ids=self.positions,
+                                past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.logits = out.logits[:, -1].float()
+        if self.sampler is None:
+            self.sampler = Sampler(self.runs, self.logits.shape[-1], self.logits.device)
+        self.tokens = self.sampler.pick(self.logits)
+
+    def step(self) -> None:
+        """Hand each row its token; finished rows leave the batch and its cache."""
+        for run, token, logits in zip(self.runs, self.tokens, self.logits):
+            run.next_token = token
+            run.step(logits)
+        keep = [j for j, run in enumerate(self.runs) if not run.row.finished]
+        if len(keep) < len(self.runs):
+            if keep:
+                index = torch.tensor(keep, device=self.mask.device)
+                self.cache.batch_select_indices(index)
+                self.mask, self.positions, self.logits = self.mask[index], self.positions[index], self.logits[index]
+            self.tokens = [self.tokens[j] for j in keep]
+            self.sampler.select(keep)
+            self.runs = self.sampler.runs
+        self.sampler.add(self.tokens)
+
+    def advance(self) -> None:
+        """One forward pass feeding every row its new token; the next tokens picked."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.runs), 1)], dim=1)
+        self.positions = self.positions[:, -1:] + 1
+        self._forward(torch.tensor(self.tokens, device=self.mask.device)[:, None])
+
+    def mergeable(self) -> bool:
+        """Plain DynamicLayers only (a sliding-window layer keeps more state than keys and values)."""
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def join(self, other: _Batch) -> _Batch:
+        """One batch of both (other stepped already), left-padded to one width: masked, so attended by nobody."""
+        if not self.runs or not other.runs:
+            return self if other.runs == [] else other
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        left = lambda x, n: torch.nn.functional.pad(x, (0, 0, n, 0)) if n else x  # noqa: E731  (batch, heads, length, dim)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            n, m = width - mine.keys.shape[-2], width - theirs.keys.shape[-2]
+            mine.keys = torch.cat([left(mine.keys, n), left(theirs.keys, m)])
+            mine.values = torch.cat([left(mine.values, n), left(theirs.values, m)])
+        pad = lambda mask: torch.nn.functional.pad(mask, (width - mask.shape[1], 0))  # noqa: E731
+        self.mask = torch.cat([pad(self.mask), pad(other.mask)])
+        self.positions = torch.cat([self.positions[:, -1:], other.positions[:, -1:]])
+        self.sampler.extend(other.sampler)
+        self.runs, self.tokens = self.sampler.runs, self.tokens + other.tokens
+        return self
 
 
 class _Run:
@@ -91,18 +161,22 @@ class _Run:
         self.engine, self.row, self.s = engine, row, row.sampling
         self.stream = TextStream(engine.tokenizer, row.stops, self._text)
         self.pending: list[dict] = []  # logprobs of tokens whose text the stream still holds back
-        self.generator = None
-        if self.s.temperature > 0:
+        self.next_token: int | None = None
+        self.generator = None  # a seeded row draws from its own generator; the others share the default one
+        if self.s.temperature > 0 and self.s.seed is not None:
             self.generator = torch.Generator(engine.model.device)
-            self.generator.manual_seed(self.s.seed if self.s.seed is not None else torch.seed())
+            self.generator.manual_seed(self.s.seed)
 
     def step(self, logits: torch.Tensor) -> int:
-        """Pick the next token from this row's logits, stream it, and finish the row when it ends."""
+        """Take the token the batch picked from this row's logits (next_token), stream it, and finish
+        the row when it ends."""
         row = self.row
+        token, self.next_token = self.next_token, None
         if row.cancelled():
             row.finished = True
             return self.engine.tokenizer.pad_token_id
-        token = self._pick(logits)
+        if token is None:  # not picked by a batch
+            token = self._pick(logits)
         row.ids.append(token)
         if self.s.logprobs:
             self.pending.append(self._logprob(logits, token))
@@ -114,25 +188,8 @@ class _Run:
         return token
 
     def _pick(self, logits: torch.Tensor) -> int:
-        s, history = self.s, torch.tensor([self.row.prompt + self.row.ids], device=logits.device)
-        scores = logits[None]
-        # repetition_penalty and no_repeat_ngram_size look at prompt and answer, as in engine.generate
-        if s.repetition_penalty != 1.0:
-            scores = RepetitionPenaltyLogitsProcessor(s.repetition_penalty)(history, scores)
-        if s.no_repeat_ngram_size:
-            scores = NoRepeatNGramLogitsProcessor(s.no_repeat_ngram_size)(history, scores)
-        if (s.presence_penalty or s.frequency_penalty) and self.row.ids:
-            # OpenAI's definition: over the tokens generated so far, not the prompt
-            counts = torch.bincount(torch.tensor(self.row.ids, device=logits.device), minlength=scores.shape[-1])[: scores.shape[-1]]
-            scores = scores - s.frequency_penalty * counts - s.presence_penalty * (counts > 0)
-        if s.temperature == 0:
-            return int(scores.argmax(-1))
-        scores = scores / s.temperature
-        if s.top_k:
-            scores = TopKLogitsWarper(s.top_k)(history, scores)
-        if s.top_p < 1:
-            scores = TopPLogitsWarper(s.top_p)(history, scores)
-        return int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator))
+        """This row's next token from its logits alone (a batch of one)."""
+        return Sampler([self], logits.shape[-1], logits.device).pick(logits[None].float())[0]
 
     def _logprob(self, logits: torch.Tensor, token: int) -> dict:
         """The model's own log-probabilities (before penalties and temperature), as vLLM reports them."""
