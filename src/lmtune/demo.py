@@ -88,7 +88,8 @@ def _train_stage(out: Path, name: str, model_dir: Path, data: Path, method: dict
         "model": {"path": str(Path(model_dir).resolve())},
         "data": {"path": str(Path(data).resolve()), "template": "alpaca", "cutoff_len": 256},
         "finetune": method,
-        "train": {"output_dir": str((out / name).resolve()), "logging_steps": 25, **steps},
+        # The demo's own folders: every run of it (and of these configs) replaces them.
+        "train": {"output_dir": str((out / name).resolve()), "overwrite_output_dir": True, "logging_steps": 25, **steps},
         "generate": {"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 64},
     }
     config_path.write_text(dump_yaml(config), encoding="utf-8")
