@@ -242,11 +242,11 @@ def test_full_queue_is_429_and_a_failing_generation_500(server, client, monkeypa
 
     batcher, release, original = server[1].backend, threading.Event(), batcher_module.decode
 
-    def held(engine, rows):
+    def held(engine, rows, more=None):
         if rows[0].sampling.max_tokens == 7:
             raise RuntimeError("boom")
         release.wait(60)
-        return original(engine, rows)
+        return original(engine, rows, more)
 
     monkeypatch.setattr(batcher_module, "decode", held)
     monkeypatch.setattr(batcher, "max_queue", 1)
@@ -291,10 +291,10 @@ def test_disconnect_frees_the_slot(server, client, monkeypatch):
 
     rows, step = [], decode_module._Run.step
 
-    def slow_step(self, logits):  # a long answer: slow enough that the client leaves mid-way
+    def slow_step(self, logits, token=None):  # a long answer: slow enough that the client leaves mid-way
         time.sleep(0.01)
         rows.append(self.row)
-        return step(self, logits)
+        return step(self, logits, token)
 
     monkeypatch.setattr(decode_module._Run, "step", slow_step)
     body = {"model": "lora", "messages": ask("hi"), "max_tokens": 1500, "stream": True, "frequency_penalty": -2, "temperature": 0}

@@ -14,7 +14,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from lmtune.serve.decode import Feed, Row, Sampling, decode
+from lmtune.serve.decode import Row, Sampling, decode
 from lmtune.serve.sampler import Sampler
 
 VOCAB = 300
@@ -94,6 +94,6 @@ def test_a_row_that_joins_a_running_batch_answers_as_alone(full_run):
     arrivals = {2: late[:2], 5: late[2:]}  # after the 2nd and 5th step; the first row has left by the 5th
     steps = iter(range(1, 100))
     first = [row(prompts[0], n=3), row(prompts[2], n=12)]
-    decode(engine, Feed(first, lambda live: arrivals.pop(next(steps), [])))
+    decode(engine, first, more=lambda live: arrivals.pop(next(steps), []))
     assert first[0].ids == alone[0][:3] and first[1].ids[:8] == alone[2]
     assert [r.ids for r in late] == alone

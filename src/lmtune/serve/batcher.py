@@ -24,7 +24,7 @@ from typing import Callable
 
 from lmtune.errors import LmtuneError
 from lmtune.infer.engine import Engine
-from lmtune.serve.decode import Feed, Row, Sampling, decode
+from lmtune.serve.decode import Row, Sampling, decode
 from lmtune.serve.schemas import ApiError, conversation
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class Batcher:
             model.set_adapter(adapter)
             scope = contextlib.nullcontext()
         with scope:
-            decode(self.engine, Feed([row for job in jobs for row in job.rows], lambda live: self._joining(jobs, live)))
+            decode(self.engine, [row for job in jobs for row in job.rows], more=lambda live: self._joining(jobs, live))
 
     def _stats(self) -> None:
         self.on_stats(len(self.queue), self.running)

@@ -57,23 +57,13 @@ class Row:
     finished: bool = False
 
 
-class Feed(list):
-    """Rows to decode, and more(live rows) → rows that join between steps (the batcher's queue).
-
-    A list, so that decode keeps its (engine, rows) call whatever feeds it."""
-
-    def __init__(self, rows: list[Row], more: Callable[[int], list[Row]]):
-        super().__init__(rows)
-        self.more = more
-
-
-def decode(engine: Engine, rows: list[Row] | Feed) -> None:
+def decode(engine: Engine, rows: list[Row], more: Callable[[int], list[Row]] | None = None) -> None:
     """Write every row's answer, calling its on_text as text becomes safe to show and on_done once.
 
-    When rows is a Feed, its more() is asked between steps for further rows: they are prefilled on
-    their own and join the running batch (continuous batching), so a request that arrives mid-batch
-    starts at once instead of waiting for the whole batch to end."""
-    joining = rows.more if isinstance(rows, Feed) else lambda live: []
+    more(live rows) is asked between steps for further rows (the batcher's queue): they are
+    prefilled on their own and join the running batch (continuous batching), so a request that
+    arrives mid-batch starts at once instead of waiting for the whole batch to end."""
+    joining = more or (lambda live: [])
     with torch.inference_mode():
         batch = _Batch(engine, rows)
         while True:
@@ -113,8 +103,7 @@ class _Batch:
     def step(self) -> None:
         """Hand each row its token; finished rows leave the batch and its cache."""
         for run, token, logits in zip(self.runs, self.tokens, self.logits):
-            run.next_token = token
-            run.step(logits)
+            run.step(logits, token)
         keep = [j for j, run in enumerate(self.runs) if not run.row.finished]
         if len(keep) < len(self.runs):
             if keep:
@@ -161,17 +150,15 @@ class _Run:
         self.engine, self.row, self.s = engine, row, row.sampling
         self.stream = TextStream(engine.tokenizer, row.stops, self._text)
         self.pending: list[dict] = []  # logprobs of tokens whose text the stream still holds back
-        self.next_token: int | None = None
         self.generator = None  # a seeded row draws from its own generator; the others share the default one
         if self.s.temperature > 0 and self.s.seed is not None:
             self.generator = torch.Generator(engine.model.device)
             self.generator.manual_seed(self.s.seed)
 
-    def step(self, logits: torch.Tensor) -> int:
-        """Take the token the batch picked from this row's logits (next_token), stream it, and finish
-        the row when it ends."""
+    def step(self, logits: torch.Tensor, token: int | None = None) -> int:
+        """Stream the token the batch picked from this row's logits (or pick it here, for a row
+        decoded alone), and finish the row when it ends."""
         row = self.row
-        token, self.next_token = self.next_token, None
         if row.cancelled():
             row.finished = True
             return self.engine.tokenizer.pad_token_id
