@@ -6,14 +6,15 @@ clients: requests/s, generated tokens/s, time to first token and whole-answer la
 A random Llama (as in bench_generate.py) behind a live server on 127.0.0.1; each client sends
 chat requests one after another through the official openai client (streamed, ignore_eos so that
 every answer is exactly --new tokens); each level sends max(--requests, concurrency) requests.
-Clients and server share one process (and its GIL), as in the first measurement. Results go in
-benchmarks/RESULTS.md.
+The clients run in a process of their own, as real clients would (--same-process: in the server's
+process and GIL, as in the first measurements). Results go in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import tempfile
 import threading
 import time
@@ -66,6 +67,10 @@ async def load(url: str, model: str, prompts: list[str], concurrency: int, new: 
     return {"seconds": seconds, "requests": len(prompts), "ttft": first, "latency": whole}
 
 
+def load_elsewhere(*args) -> dict:
+    return asyncio.run(load(*args))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -78,6 +83,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--new", type=int, default=64, help="tokens generated per answer")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--same-process", action="store_true", help="clients in the server's process")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     prompts = [c.turns[0].content for c in questions(args.requests)]
@@ -88,9 +94,13 @@ def main() -> None:
         config = ServeConfig(model=str(folder), template="alpaca", port=args.port, max_batch=32)
         serving = serve(config)
         url, model = f"http://127.0.0.1:{args.port}/v1", serving.models[0]
-        asyncio.run(load(url, model, prompts[:4], 4, args.new))  # warm-up
-        results = {c: asyncio.run(load(url, model, (prompts * c)[: max(args.requests, c)], c, args.new)) for c in (1, 8, 32, 64)}
-    print(f"CPU; hidden {args.hidden}, {args.layers} layers, {args.new} new tokens per answer, max batch 32")
+        clients = multiprocessing.get_context("spawn").Pool(1)
+        run = load_elsewhere if args.same_process else lambda *a: clients.apply(load_elsewhere, a)
+        run(url, model, prompts[:4], 4, args.new)  # warm-up
+        results = {c: run(url, model, (prompts * c)[: max(args.requests, c)], c, args.new) for c in (1, 8, 32, 64)}
+        clients.terminate()
+    where = "in the server's process" if args.same_process else "in a process of their own"
+    print(f"CPU; hidden {args.hidden}, {args.layers} layers, {args.new} new tokens per answer, max batch 32, clients {where}")
     print("| concurrency | requests | requests/s | tokens/s | TTFT p50 | TTFT p95 | latency p50 | latency p95 |")
     print("|---|---|---|---|---|---|---|---|")
     rate = {}

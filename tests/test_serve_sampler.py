@@ -97,3 +97,31 @@ def test_a_row_that_joins_a_running_batch_answers_as_alone(full_run):
     decode(engine, first, more=lambda live: arrivals.pop(next(steps), []))
     assert first[0].ids == alone[0][:3] and first[1].ids[:8] == alone[2]
     assert [r.ids for r in late] == alone
+
+
+def test_grouped_prefill_and_a_growing_cache_answer_as_a_cacheless_model(llama_dir, monkeypatch):
+    """Prompts prefilled in several length-sorted groups and then joined, answers long enough to
+    outgrow the cache's spare room: every row still answers what the model answers with no cache
+    at all (each token from a forward pass over the whole text)."""
+    from lmtune.infer.engine import load_engine
+    from lmtune.serve import decode as decoding
+
+    engine = load_engine(model=str(llama_dir), template="alpaca")
+    torch.manual_seed(0)
+    for weight in engine.model.parameters():  # drawn wider than at init (0.02), so that answers depend on context
+        if weight.dim() == 2:
+            torch.nn.init.normal_(weight, std=0.3)
+    texts = ("hi", "What is the capital of France?", "Name three colours, please.", "Tell me a long story about a city by the water.")
+    prompts = [engine.tokenizer.encode(text) for text in texts]
+    expected = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = list(prompt)
+            for _ in range(90):
+                ids.append(int(engine.model(torch.tensor([ids])).logits[0, -1].argmax()))
+            expected.append(ids[len(prompt):])
+    monkeypatch.setattr(decoding, "PREFILL_TOKENS", 2 * max(map(len, prompts)))  # groups of one or two rows
+    rows = [Row(p, Sampling(0, 1, 0, 1.0, 0, 0, 0, 90, None, ignore_eos=True), (), lambda *a: None, lambda *a: None) for p in prompts]
+    decode(engine, rows)
+    assert [row.ids for row in rows] == expected
+    assert len(set(map(tuple, expected))) == len(prompts)  # not one degenerate answer for all

@@ -8,12 +8,19 @@ client went away, leaves the batch at once (the cache drops its row), so it cost
 Every row's token is picked in one batched pass (serve/sampler.py), and rows that arrive while the
 batch runs join it between steps (their own prefill, left-padded to the batch's width, then
 concatenated into its cache).
+
+Two things keep the CPU busy with useful work (benchmarks/RESULTS.md, issue 12): prompts are
+prefilled sorted by length in groups of about PREFILL_TOKENS padded tokens, not as one block padded
+to the longest, and the KV cache is written in place into room kept at its end (_GrowingLayer)
+instead of being copied whole by torch.cat at every step.
+
 Text reaches each client through the engine's TextStream: never half a UTF-8 character, never the
 start of a stop string.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +31,12 @@ from transformers.cache_utils import DynamicLayer
 from lmtune.data.encode import pad_batch
 from lmtune.infer.engine import Engine, TextStream
 from lmtune.serve.sampler import Sampler
+
+# Padded prompt tokens per prefill forward pass. On the 2-core CPU, 32 prompts of 120-183 tokens took
+# 0.27 s as one padded block, 0.18 s one by one and 0.16 s in length-sorted groups of 512-1024
+# tokens; larger blocks lose to padding and memory traffic. A GPU would take larger blocks, but
+# prefill is rarely its bottleneck at this size either.
+PREFILL_TOKENS = 1024
 
 
 @dataclass
@@ -63,19 +76,94 @@ def decode(engine: Engine, rows: list[Row], more: Callable[[int], list[Row]] | N
     more(live rows) is asked between steps for further rows (the batcher's queue): they are
     prefilled on their own and join the running batch (continuous batching), so a request that
     arrives mid-batch starts at once instead of waiting for the whole batch to end."""
-    joining = more or (lambda live: [])
+    joinable = _joinable(engine.model.config)
+    joining = more if more and joinable else (lambda live: [])
     with torch.inference_mode():
-        batch = _Batch(engine, rows)
+        batch = _prefilled(engine, rows, joinable)
         while True:
             batch.step()
-            newcomers = joining(len(batch.runs)) if batch.mergeable() else []
+            newcomers = joining(len(batch.runs))
             if newcomers:
-                arrived = _Batch(engine, newcomers)
+                arrived = _prefilled(engine, newcomers, joinable)
                 arrived.step()
                 batch = batch.join(arrived)
             if not batch.runs:
                 return
             batch.advance()
+
+
+def _prefilled(engine: Engine, rows: list[Row], joinable: bool) -> _Batch:
+    """One batch of these rows, their prompts prefilled shortest first in groups of at most
+    PREFILL_TOKENS padded tokens, then joined (or all in one block when caches cannot be joined)."""
+    if not joinable:
+        return _Batch(engine, rows)
+    groups, group = [], []
+    for row in sorted(rows, key=lambda row: len(row.prompt)):
+        if group and len(row.prompt) * (len(group) + 1) > PREFILL_TOKENS:
+            groups.append(group)
+            group = []
+        group.append(row)
+    return functools.reduce(_Batch.join, (_Batch(engine, group) for group in groups + [group]))
+
+
+def _new_cache(config) -> DynamicCache:
+    """transformers' cache for this model, its plain layers replaced by ones that grow in place."""
+    cache = DynamicCache(config=config)
+    cache.layers = [_GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def _joinable(config) -> bool:
+    """Whether batches' caches can be joined: growing layers only (a sliding-window layer keeps more
+    state than keys and values)."""
+    return all(isinstance(layer, _GrowingLayer) for layer in _new_cache(config).layers)
+
+
+class _GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values are views of larger buffers ("rooms"): a new token is
+    written into the room kept at their end instead of torch.cat copying the whole cache at every
+    step. Rows leaving or joining cost one copy into fresh rooms."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._lay_out([], 0, key_states)
+        had, new = self.get_seq_length(), key_states.shape[-2]
+        if had + new > self._rooms[0].shape[-2]:
+            self._lay_out([(self.keys, self.values)], had, key_states, coming=new)
+        for room, states in zip(self._rooms, (key_states, value_states)):
+            room[:, :, had : had + new] = states
+        self._show(had + new)
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Rows leaving: one copy of the rest (DynamicLayer's would be copied again at the next update)."""
+        if self.get_seq_length():
+            length = self.get_seq_length()
+            self._rooms = tuple(room[indices] for room in self._rooms)
+            self._show(length)
+
+    def join(self, other: _GrowingLayer, width: int) -> None:
+        """other's rows after these, both left-padded to width."""
+        self._lay_out([(self.keys, self.values), (other.keys, other.values)], width, self.keys)
+
+    def _lay_out(self, parts: list[tuple[torch.Tensor, torch.Tensor]], width: int, like: torch.Tensor, coming: int = 0) -> None:
+        """Fresh rooms holding the parts' rows one after another, each part's keys and values ending
+        at `width`, the left padding zeroed (masked, but never garbage: 0 × NaN would still be NaN),
+        with room for `coming` tokens and more."""
+        rows = sum(len(keys) for keys, _ in parts) or len(like)
+        spare = max(64, (width + coming) // 4)  # a long answer moves a few times, not at every step
+        shape = (rows, like.shape[1], width + coming + spare, like.shape[-1])
+        self._rooms = (like.new_zeros(shape), like.new_zeros(shape))
+        first = 0
+        for keys, values in parts:
+            for room, part in zip(self._rooms, (keys, values)):
+                room[first : first + len(part), :, width - part.shape[-2] : width] = part
+            first += len(keys)
+        self._show(width)
+
+    def _show(self, length: int) -> None:
+        self.keys, self.values = (room[:, :, :length] for room in self._rooms)
 
 
 class _Batch:
@@ -88,7 +176,7 @@ class _Batch:
         padded = pad_batch([{"input_ids": row.prompt} for row in rows], engine.tokenizer.pad_token_id, side="left")
         self.mask = padded["attention_mask"].to(device)
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its own first token
-        self.cache = DynamicCache(config=engine.model.config)
+        self.cache = _new_cache(engine.model.config)
         self.sampler: Sampler | None = None
         self._forward(padded["input_ids"].to(device))
 
@@ -102,7 +190,7 @@ class _Batch:
 
     def step(self) -> None:
         """Hand each row its token; finished rows leave the batch and its cache."""
-        for run, token, logits in zip(self.runs, self.tokens, self.logits):
+        for run, token, logits in zip(self.runs, self.tokens, self.logits, strict=True):
             run.step(logits, token)
         keep = [j for j, run in enumerate(self.runs) if not run.row.finished]
         if len(keep) < len(self.runs):
@@ -121,23 +209,18 @@ class _Batch:
         self.positions = self.positions[:, -1:] + 1
         self._forward(torch.tensor(self.tokens, device=self.mask.device)[:, None])
 
-    def mergeable(self) -> bool:
-        """Plain DynamicLayers only (a sliding-window layer keeps more state than keys and values)."""
-        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
-
     def join(self, other: _Batch) -> _Batch:
-        """One batch of both (other stepped already), left-padded to one width: masked, so attended by nobody."""
+        """One batch of both (both stepped already, or neither), left-padded to one width: masked, so
+        attended by nobody."""
         if not self.runs or not other.runs:
             return self if other.runs == [] else other
         width = max(self.mask.shape[1], other.mask.shape[1])
-        left = lambda x, n: torch.nn.functional.pad(x, (0, 0, n, 0)) if n else x  # noqa: E731  (batch, heads, length, dim)
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            n, m = width - mine.keys.shape[-2], width - theirs.keys.shape[-2]
-            mine.keys = torch.cat([left(mine.keys, n), left(theirs.keys, m)])
-            mine.values = torch.cat([left(mine.values, n), left(theirs.values, m)])
+            mine.join(theirs, width)
         pad = lambda mask: torch.nn.functional.pad(mask, (width - mask.shape[1], 0))  # noqa: E731
         self.mask = torch.cat([pad(self.mask), pad(other.mask)])
         self.positions = torch.cat([self.positions[:, -1:], other.positions[:, -1:]])
+        self.logits = torch.cat([self.logits, other.logits])  # what step() hands each row with its token
         self.sampler.extend(other.sampler)
         self.runs, self.tokens = self.sampler.runs, self.tokens + other.tokens
         return self
