@@ -106,7 +106,7 @@ REGISTRY = {
 }
 
 INFO = "dataset_info.json"
-PREFERENCE = "needs a preference stage (dpo, kto or rm, planned in issue 16), which lmtune does not have yet"
+PREFERENCE = "train it with data.stage: dpo (as SFT data its rejected answers would be lost or trained as good ones)"
 # What each entry gives: the load report's summary, or the one refusal (after "dataset 'NAME' in DIR/dataset_info.json").
 OUTCOMES = {
     "alpaca_en_demo": "read 2 records from 1 file(s); kept 2; ignored fields: id (2), category (1) in alpaca_en_demo",
@@ -122,7 +122,7 @@ OUTCOMES = {
     "hub_en": "read 1 records from 1 file(s); kept 1; ignored fields: source (1) in hub_en",
     "hub_en_dev": "read 1 records from 1 file(s); kept 1; ignored fields: source (1) in hub_en_dev",
     "hub_zh": "read 1 records from 1 file(s); kept 1; ignored fields: source (1) in hub_zh",
-    "dpo_en_demo": f" is preference data (ranking: true: chosen/rejected answer pairs); it {PREFERENCE}",
+    "dpo_en_demo": f" is preference data (ranking: true: chosen/rejected answer pairs); {PREFERENCE}",
     "kto_en_demo": " is KTO data (kto_tag column 'label' labels each answer desirable or not); it needs a KTO stage "
     "(planned in issue 16): as SFT data its undesirable answers would be trained as good ones",
     "mllm_demo": " is multimodal (images in column 'images'); lmtune trains on text: set data.drop_media: true to train on "
@@ -235,7 +235,7 @@ def test_preference_data_in_a_plain_file_is_refused_once_with_its_place(data_dir
         load_data(DataConfig(path=[str(path)], on_error="skip"))
     assert str(refusal.value) == (
         f"{path}:1: dataset 'dpo_en_demo' is preference data (fields 'chosen' and 'rejected': chosen/rejected answer pairs); "
-        f"it {PREFERENCE}"
+        f"{PREFERENCE}"
     )
 
 
@@ -268,7 +268,7 @@ def test_cli_refuses_preference_data_in_one_line(data_dir, monkeypatch):
     result = lmtune("data", "inspect", "dpo_en_demo", "--dataset-dir", data_dir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: dataset 'dpo_en_demo' in {data_dir / INFO} is preference data " \
-        f"(ranking: true: chosen/rejected answer pairs); it {PREFERENCE}"
+        f"(ranking: true: chosen/rejected answer pairs); {PREFERENCE}"
     inspect = lmtune("data", "inspect", "wiki_demo", "openai_tools", "--dataset-dir", data_dir)
     assert inspect.returncode == 0, inspect.stderr
     assert "text / utf-8" in inspect.stdout and "3 read, 3 valid, 0 rejected" in inspect.stdout

@@ -211,11 +211,18 @@ def evaluate(
 def _suite(engine, run, data, choice, shots, limit):
     """The dev set (--data, else the split training held out) and the multiple-choice questions."""
     from lmtune.data.load import load_data
+    from lmtune.data.pref import PAIR_STAGES
     from lmtune.data.readers import read_conversations
     from lmtune.evaluate.suite import DevSet, Suite
     from lmtune.infer.generate import to_item
 
     dev = questions = None
+    if run and run.data.stage in PAIR_STAGES:  # a preference run is scored on pairs: its dev split, or --data's
+        source = run.data.model_copy(update={"path": [str(data)], "dataset": [], "val_size": 0}) if data else run.data
+        loaded = load_data(source, engine.tokenizer, run.train.seed)
+        pairs = (loaded.train if data else loaded.dev)[:limit]
+        cutoff = run.data.cutoff_len
+        return Suite(None, None, shots, engine.settings.batch_size, cutoff, run.data.train_on, pairs=pairs)
     if data:
         pairs = list(read_conversations(data))[:limit]
         dev = DevSet([c for c, _ in pairs], [to_item(c, r) for c, r in pairs], str(data))

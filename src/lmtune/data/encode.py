@@ -106,6 +106,10 @@ class Encoder:
     def render(self, conv: Conversation) -> list[Segment]:
         return self.template.render(conv, **self.marks)
 
+    def tokenize(self, rendered: list[list[Segment]]) -> list[Tokenized]:
+        """Ids, and for each the answer it belongs to: preference pairs are cut from these."""
+        return self._tokenize(rendered)
+
     # ------------------------------------------------------------ tokenizing
 
     def _tokenize(self, rendered: list[list[Segment]]) -> list[Tokenized]:

@@ -22,6 +22,7 @@ from lmtune.config import DataConfig
 from lmtune.data.filters import apply_filters
 from lmtune.data.formats import detect_format, to_conversation
 from lmtune.data.hub import hub_records
+from lmtune.data.pref import PAIR_STAGES, detect_pair_format, to_pair
 from lmtune.data.readers import RawRecord, open_records
 from lmtune.data.records import Conversation
 from lmtune.data.registry import DatasetSpec, check_record, media_columns, resolve_datasets
@@ -157,7 +158,7 @@ def load_data(data: DataConfig, tokenizer=None, seed: int = 42) -> LoadedData:
 
 
 def read_dataset(spec: DatasetSpec, data: DataConfig, report: LoadReport) -> list[Conversation]:
-    convs = []
+    convs, pairs = [], data.stage in PAIR_STAGES
     for source, encoding, records in open_sources(spec, data):
         file_report = report.files.setdefault(source, FileReport(source, spec.name, encoding))
         file_format = None if spec.format == "auto" else spec.format
@@ -165,9 +166,9 @@ def read_dataset(spec: DatasetSpec, data: DataConfig, report: LoadReport) -> lis
             file_report.read += 1
             try:
                 record = _parsed(raw)
-                check_record(record, spec, data.drop_media, raw.where)  # a DataError for the dataset, not a bad record
-                file_format = file_format or detect_format(record)
-                conv = _conversation(record, file_format, spec, file_report)
+                check_record(record, spec, data, raw.where)  # a DataError for the dataset, not a bad record
+                file_format = file_format or (detect_pair_format if pairs else detect_format)(record)
+                conv = _conversation(record, file_format, spec, file_report, to_pair if pairs else to_conversation)
             except RecordError as exc:
                 _reject(report, file_report, raw, str(exc), data.on_error)
                 continue
@@ -187,12 +188,13 @@ def open_sources(spec: DatasetSpec, data: DataConfig) -> Iterator[tuple[str, str
         yield str(path), encoding, records
 
 
-def _conversation(record: dict, fmt: str, spec: DatasetSpec, file_report: FileReport) -> Conversation:
-    """The record as a Conversation; the fields it leaves unused and the media it drops are counted."""
+def _conversation(record: dict, fmt: str, spec: DatasetSpec, file_report: FileReport, convert=to_conversation) -> Conversation:
+    """The record as a Conversation (or a preference Pair); the fields it leaves unused and the media
+    it drops are counted."""
     media = [column for column in media_columns(spec).values() if column in record]
     dropped = [column for column in media if record[column]]  # empty ones hold nothing to lose
     ignored: list[str] = []
-    conv = to_conversation({k: v for k, v in record.items() if k not in media}, fmt, spec.columns, spec.tags, ignored=ignored)
+    conv = convert({k: v for k, v in record.items() if k not in media}, fmt, spec.columns, spec.tags, ignored=ignored)
     if dropped:  # only with data.drop_media: check_record refuses media otherwise
         for turn in conv.turns:
             turn.content, turn.input = _MEDIA_PLACEHOLDER.sub("", turn.content), _MEDIA_PLACEHOLDER.sub("", turn.input)

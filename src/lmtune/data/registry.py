@@ -8,8 +8,9 @@
                "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}},
      "orca":  {"hf_hub_url": "Open-Orca/OpenOrca", "columns": {"prompt": "question", "response": "response"}}}
 
-Every key of an entry is either honoured or refused by name, and so is every kind of data lmtune
-cannot train yet (preference pairs, KTO labels, images/videos/audios unless data.drop_media):
+Every key of an entry is either honoured or refused by name, and so is every kind of data the run's
+stage cannot train (preference pairs outside data.stage: dpo, KTO labels, images/videos/audios unless
+data.drop_media):
 one message per dataset, before anything is read. Plain `data.path` entries become unnamed specs
 of their own (named by file stem), so the loader sees one list of datasets either way.
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 from lmtune.config import DataConfig
 from lmtune.data.hub import HubSource
+from lmtune.data.pref import PAIR_STAGES
 from lmtune.data.readers import data_files
 from lmtune.errors import DataError
 from lmtune.files import read_json
@@ -62,7 +64,7 @@ def resolve_datasets(data: DataConfig) -> list[DatasetSpec]:
     if data.dataset:
         dataset_dir = Path(data.dataset_dir)
         registry = load_registry(dataset_dir)
-        specs += [_registry_spec(name, registry, dataset_dir, data.drop_media) for name in data.dataset]
+        specs += [_registry_spec(name, registry, dataset_dir, data) for name in data.dataset]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -80,7 +82,7 @@ def load_registry(dataset_dir: Path) -> dict[str, dict]:
     return registry
 
 
-def _registry_spec(name: str, registry: dict[str, Any], dataset_dir: Path, drop_media: bool) -> DatasetSpec:
+def _registry_spec(name: str, registry: dict[str, Any], dataset_dir: Path, data: DataConfig) -> DatasetSpec:
     where = f"dataset '{name}' in {dataset_dir / REGISTRY_FILE}"
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none"
@@ -90,7 +92,7 @@ def _registry_spec(name: str, registry: dict[str, Any], dataset_dir: Path, drop_
         raise DataError(f"{where}: expected an object with file_name or hf_hub_url, got {type(entry).__name__}")
     _check_keys(entry, where)
     formatting = _formatting(entry, where)
-    _refuse_kind(entry, where, drop_media)
+    _refuse_kind(entry, where, data)
     files, hub = _source(entry, where, dataset_dir)
     fmt = _format(entry, formatting)
     return DatasetSpec(name, files, fmt, entry.get("columns"), entry.get("tags"), hub, _num_samples(entry, where),
@@ -184,23 +186,24 @@ def _elsewhere(entry: dict[str, Any], where: str, load_from: str | None) -> str:
             "download it and give its local copy as file_name")
 
 
-# ---------------------------------------------------------------- data lmtune cannot train yet
+# ---------------------------------------------------------------- data this stage cannot train
 
 
-def _refuse_kind(entry: dict[str, Any], where: str, drop_media: bool) -> None:
+def _refuse_kind(entry: dict[str, Any], where: str, data: DataConfig) -> None:
     columns = entry.get("columns", {})
-    if entry.get("ranking") or "chosen" in columns or "rejected" in columns:
+    pairs = entry.get("ranking") or "chosen" in columns or "rejected" in columns
+    if pairs and data.stage not in PAIR_STAGES:
         raise DataError(preference_data(where, "ranking: true" if entry.get("ranking") else "chosen/rejected columns"))
     if "kto_tag" in columns:
         raise DataError(kto_data(where, columns["kto_tag"]))
     media = [key for key in MEDIA if key in columns]
-    if media and not drop_media:
+    if media and not data.drop_media:
         raise DataError(multimodal_data(where, media[0], columns[media[0]]))
 
 
 def preference_data(what: str, sign: str) -> str:
-    return (f"{what} is preference data ({sign}: chosen/rejected answer pairs); it needs a preference stage "
-            "(dpo, kto or rm, planned in issue 16), which lmtune does not have yet")
+    return (f"{what} is preference data ({sign}: chosen/rejected answer pairs); train it with data.stage: dpo "
+            "(as SFT data its rejected answers would be lost or trained as good ones)")
 
 
 def kto_data(what: str, column: str) -> str:
@@ -214,20 +217,20 @@ def multimodal_data(what: str, kind: str, column: str) -> str:
             "and counted in the load report), or leave it out")
 
 
-def check_record(record: dict[str, Any], spec: DatasetSpec, drop_media: bool, where: str) -> None:
+def check_record(record: dict[str, Any], spec: DatasetSpec, data: DataConfig, where: str) -> None:
     """The same refusals for data whose kind shows only in its records (plain files, entries without
     those columns): raised at the first such record, once for the dataset, whatever data.on_error says."""
     columns = spec.columns or {}
     what = f"{where}: dataset '{spec.name}'"
     chosen, rejected = columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
-    if chosen in record and rejected in record:
+    if chosen in record and rejected in record and data.stage not in PAIR_STAGES:
         raise DataError(preference_data(what, f"fields '{chosen}' and '{rejected}'"))
     if columns.get("kto_tag", "kto_tag") in record:
         raise DataError(kto_data(what, columns.get("kto_tag", "kto_tag")))
     if isinstance(record.get("label"), bool):  # TRL's KTO layout: an answer with label true/false
         raise DataError(kto_data(what, "label"))
     media = [(kind, column) for kind, column in media_columns(spec).items() if record.get(column)]
-    if media and not drop_media:
+    if media and not data.drop_media:
         raise DataError(multimodal_data(what, *media[0]))
 
 

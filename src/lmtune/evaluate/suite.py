@@ -44,6 +44,7 @@ class Suite:
     batch_size: int
     cutoff_len: int
     train_on: str
+    pairs: list | None = None  # preference pairs (lmtune.data.pref.Pair), for preference accuracy
 
 
 Track = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n), e.g. a progress bar
@@ -60,6 +61,11 @@ def evaluate(engine: Engine, suite: Suite, out_dir: Path, label: str, track: Tra
         generated = generate_file(engine, items, predictions, suite.batch_size, track(f"{label}: answering the dev set", len(items)))
         result["generation"] = {**score(generated.rows), "predictions": str(predictions)}
         result["dev"]["data"] = suite.dev.name
+    if suite.pairs:
+        from lmtune.evaluate.pref import preference_accuracy
+
+        advance = track(f"{label}: preference pairs", len(suite.pairs))
+        result["preference"] = preference_accuracy(engine, suite.pairs, suite.cutoff_len, suite.batch_size, advance)
     if suite.choice:
         from lmtune.evaluate.choice import score_choices
 
@@ -127,6 +133,8 @@ METRICS = [
     ("hit max_new_tokens %", ("generation", "hit_max_new_tokens"), False),
     ("repetition loop %", ("generation", "repetition_loop"), False),
     ("choice accuracy %", ("choice", "overall", "accuracy"), True),
+    ("preference accuracy %", ("preference", "accuracy"), True),
+    ("preference margin", ("preference", "margin"), True),
 ]
 
 

@@ -30,7 +30,7 @@ class MetricsFile(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs:
-            self._write({"step": state.global_step, "eval_loss": logs["eval_loss"]})
+            self._write({"step": state.global_step, "eval_loss": logs["eval_loss"], **preference_metrics(logs, "eval_")})
         if not logs or "loss" not in logs:
             return  # the end-of-training summary has train_loss etc., not a step
         now, tokens, slots = time.perf_counter(), self.collator.tokens, self.collator.slots
@@ -45,11 +45,20 @@ class MetricsFile(TrainerCallback):
             "tokens_per_second": round((tokens - last_tokens) / max(now - last_time, 1e-9), 1),
             "padding_share": round(1 - (tokens - last_tokens) / max(slots - last_slots, 1), 4),
         }
-        self._write(row)
+        self._write({**row, **preference_metrics(logs)})
 
     def _write(self, row: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# What TRL's DPOTrainer logs beside the loss: the implicit rewards of the chosen and rejected answers
+# (beta * log-ratio against the reference), their margin, and the share of pairs where chosen wins.
+PREFERENCE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+def preference_metrics(logs: dict, prefix: str = "") -> dict:
+    return {name: logs[prefix + name] for name in PREFERENCE_METRICS if prefix + name in logs}
 
 
 class ProgressLines(TrainerCallback):
@@ -92,6 +101,8 @@ class ProgressLines(TrainerCallback):
             return
         grad = logs.get("grad_norm")
         status = f"loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.2e}  grad norm {'-' if grad is None else f'{grad:.3f}'}"
+        if "rewards/margins" in logs:
+            status += f"  margin {logs['rewards/margins']:.3f}  accuracy {logs.get('rewards/accuracies', 0):.0%}"
         if self.bar:
             self.bar.update(self.task, status=status)
         else:

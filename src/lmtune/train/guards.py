@@ -23,8 +23,9 @@ class TrainingStopped(LmtuneError):
 
 
 class Guards(TrainerCallback):
-    def __init__(self, half_precision: str | None = None):
+    def __init__(self, half_precision: str | None = None, zero_loss_is_broken: bool = True):
         self.half_precision = half_precision  # "fp16" / "bf16" when mixed precision is on
+        self.zero_loss_is_broken = zero_loss_is_broken  # a preference loss reaches 0 honestly (hinge, once every pair is won)
         self.nan_logs = 0
         self.zero_logs = 0
         self.warmup = 0
@@ -63,7 +64,7 @@ class Guards(TrainerCallback):
                 "(does it generate?) and lower train.learning_rate"
             )
             raise TrainingStopped(f"loss is {loss} for {self.nan_logs} logged steps in a row (step {state.global_step}): {cause}")
-        if self.zero_logs >= BAD_LOGS_IN_A_ROW:
+        if self.zero_logs >= BAD_LOGS_IN_A_ROW and self.zero_loss_is_broken:
             raise TrainingStopped(
                 f"loss is exactly 0 for {self.zero_logs} logged steps in a row (step {state.global_step}): either every "
                 "label is masked (check data.train_on and the template with `lmtune data encode --show`) or the "

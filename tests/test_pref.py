@@ -1,0 +1,147 @@
+"""Preference training (data.stage: dpo) on tiny models built here: pairs in the layouts users bring,
+DPO that turns the model's preferences around while the reference stays as it was, and the guards."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from conftest import RECORDS, lmtune, write_json
+from lmtune.config import DataConfig, validate_config
+from lmtune.data.encode import Encoder
+from lmtune.data.load import load_data
+from lmtune.data.pref import encode_pairs
+from lmtune.errors import DataError
+from lmtune.evaluate.pref import pair_logps, preference_accuracy
+from lmtune.templates.hf import template_for
+from lmtune.train.callbacks import read_metrics
+from lmtune.train.run import train
+
+# English answers of similar length: the random base model's gaps between them are small enough
+# for a few LoRA steps to turn around (a long Chinese answer sits 25 nats below them all).
+ANSWERS = [r["output"] for r in RECORDS if r["output"].isascii()]
+
+
+def oriented_pairs(llama_dir, tokenizer):
+    """Every prompt with two answers, chosen being the one the base model finds LESS likely."""
+    from lmtune.model.load import load_model
+
+    model = load_model(llama_dir, "float32")
+    rows = [{"instruction": r["instruction"], "input": r["input"], "chosen": a, "rejected": b}
+            for r in RECORDS for a in ANSWERS for b in ANSWERS if a < b]
+    encoder = Encoder(tokenizer, template_for("alpaca", tokenizer, None), 128)
+    pairs = load_data(DataConfig(path=[str(write_json(llama_dir.parent / "pairs-probe.json", rows))], stage="dpo")).train
+    chosen, rejected = pair_logps(model, encode_pairs(pairs, encoder), tokenizer.pad_token_id, 16)
+    return [r if c < j else {**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r, c, j in zip(rows, chosen, rejected)]
+
+
+def dpo_config(llama_dir, data, out, source=None, **pref):
+    return validate_config({
+        "model": {"path": str(llama_dir)},
+        "data": {**(source or {"path": str(data)}), "template": "alpaca", "stage": "dpo", "cutoff_len": 128},
+        "finetune": {"method": "lora", "lora": {"r": 8, "alpha": 16}},
+        "train": {"output_dir": str(out), "max_steps": 30, "learning_rate": 2e-2, "per_device_train_batch_size": 8,
+                  "logging_steps": 5, "warmup_ratio": 0.0},
+        "pref": pref,
+    })
+
+
+def test_dpo_turns_the_preference_around_and_the_reference_stays_bit_identical(tmp_path, llama_dir, tokenizer):
+    from lmtune.infer.engine import load_engine
+
+    rows = oriented_pairs(llama_dir, tokenizer)
+    data = write_json(tmp_path / "pairs.json", rows)
+    pairs = load_data(DataConfig(path=[str(data)], stage="dpo")).train
+    base = load_engine(str(llama_dir), None, "alpaca")
+    before = preference_accuracy(base, pairs, 128, 16)
+    samples = encode_pairs(pairs, Encoder(tokenizer, base.template, 128))
+    assert before["accuracy"] < 0.5
+
+    result = train(dpo_config(llama_dir, data, tmp_path / "out", beta=0.1))
+
+    tuned = load_engine(str(llama_dir), str(result.output_dir))
+    assert preference_accuracy(tuned, pairs, 128, 16)["accuracy"] >= 0.9
+    with tuned.model.disable_adapter():  # the reference: the base, adapter off, bit for bit as before
+        reference = pair_logps(tuned.model, samples, tokenizer.pad_token_id, 16)
+    original = pair_logps(base.model, samples, tokenizer.pad_token_id, 16)
+    assert all(torch.equal(a, b) for a, b in zip(reference, original))
+    rows = [r for r in read_metrics(result.output_dir) if "loss" in r]
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(rows[-1])
+    assert rows[-1]["rewards/margins"] > rows[0]["rewards/margins"]
+    assert not (result.output_dir / "ref").exists()  # no copy of the adapter saved as the reference
+
+
+LAYOUTS = {
+    "alpaca": {"instruction": "Hi", "input": "", "chosen": "Hello!", "rejected": "Go away."},
+    "sharegpt": {"conversations": [{"from": "human", "value": "Hi"}], "chosen": {"from": "gpt", "value": "Hello!"},
+                 "rejected": {"from": "gpt", "value": "Go away."}},
+    "messages": {"messages": [{"role": "user", "content": "Hi"}], "chosen": {"role": "assistant", "content": "Hello!"},
+                 "rejected": "Go away."},
+    "ultrafeedback": {"prompt": "Hi", "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                      "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}]},
+    "trl": {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
+            "rejected": [{"role": "assistant", "content": "Go away."}]},
+    "plain": {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."},
+}
+
+
+def test_every_layout_gives_the_same_pair(tmp_path, tokenizer):
+    encoder = Encoder(tokenizer, template_for("qwen", tokenizer, None), 64)
+    encoded = {}
+    for name, record in LAYOUTS.items():
+        pairs = load_data(DataConfig(path=[str(write_json(tmp_path / f"{name}.jsonl", [record], jsonl=True))], stage="dpo")).train
+        encoded[name] = encode_pairs(pairs, encoder)[0]
+    first = encoded["alpaca"]
+    assert all(s == first for s in encoded.values())
+    assert tokenizer.decode(first.chosen_ids) == "Hello!<|im_end|>" and not first.truncated
+
+
+def test_truncation_cuts_the_prompt_start_and_keeps_the_answers(tmp_path, tokenizer):
+    long = {"prompt": "Name the capital of France. " * 20, "chosen": "Paris is the capital of France.", "rejected": "Two plus two is four."}
+    pairs = load_data(DataConfig(path=[str(write_json(tmp_path / "long.jsonl", [long], jsonl=True))], stage="dpo")).train
+    full = encode_pairs(pairs, Encoder(tokenizer, template_for("alpaca", tokenizer, None), 1024))[0]
+    cut = encode_pairs(pairs, Encoder(tokenizer, template_for("alpaca", tokenizer, None), 48))[0]
+    assert cut.truncated and len(cut.prompt_ids) + max(len(cut.chosen_ids), len(cut.rejected_ids)) <= 48
+    assert (cut.chosen_ids, cut.rejected_ids) == (full.chosen_ids, full.rejected_ids)
+    assert cut.prompt_ids[-5:] == full.prompt_ids[-5:]  # the prompt's end leads into the answers
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": "Hi", "chosen": "Hello!", "rejected": "Hello!"}, "'chosen' and 'rejected' are the same answer"),
+    ({"prompt": "Hi", "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+      "rejected": [{"role": "user", "content": "Ho"}, {"role": "assistant", "content": "No."}]}, "answer different prompts"),
+    ({"instruction": "Hi", "output": "Hello!"}, "no 'chosen' field; preference data (data.stage: dpo) needs"),
+])
+def test_bad_pairs_name_their_line(tmp_path, record, message):
+    path = write_json(tmp_path / "bad.jsonl", [LAYOUTS["plain"], record], jsonl=True)
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}:2: .*{re.escape(message)}"):
+        load_data(DataConfig(path=[str(path)], stage="dpo"))
+    assert len(load_data(DataConfig(path=[str(path)], stage="dpo", on_error="skip")).report.rejected) == 1
+
+
+def test_pairs_cut_to_the_same_answer_stop_the_run(tmp_path, tokenizer):
+    same_start = {"prompt": "Hi", "chosen": "Paris is the capital of France. Yes", "rejected": "Paris is the capital of France. No"}
+    pairs = load_data(DataConfig(path=[str(write_json(tmp_path / "p.jsonl", [same_start], jsonl=True))], stage="dpo")).train
+    with pytest.raises(DataError, match="every pair's chosen and rejected answers are the same once cut to data.cutoff_len=8"):
+        encode_pairs(pairs, Encoder(tokenizer, template_for("alpaca", tokenizer, None), 8))
+
+
+def test_llama_factory_ranking_entry_trains_through_data_dataset(tmp_path, llama_dir):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_json(folder / "dpo_en_demo.json", [LAYOUTS["sharegpt"]] * 4)
+    (folder / "dataset_info.json").write_text(json.dumps({"dpo_en_demo": {
+        "file_name": "dpo_en_demo.json", "ranking": True, "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}}), encoding="utf-8")
+    source = {"dataset": "dpo_en_demo", "dataset_dir": str(folder)}
+    config = dpo_config(llama_dir, None, tmp_path / "out", source, loss="ipo", ftx=0.5)
+    config.train.max_steps = 2
+    result = train(config)
+    assert result.report.kept == 4 and (result.output_dir / "adapter_model.safetensors").is_file()
+    evaluated = lmtune("eval", "--adapter", result.output_dir, "--data", folder / "dpo_en_demo.json", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    preference = json.loads(evaluated.stdout.strip().splitlines()[-1])["model"]["preference"]
+    assert preference["pairs"] == 4 and 0 <= preference["accuracy"] <= 1
