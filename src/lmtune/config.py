@@ -66,10 +66,11 @@ class DataConfig(Section):
     )
     template_file: str | None = Field(None, description="YAML file with templates of your own (same shape as the registry).")
     template: str = Field("alpaca", description="Prompt template name (`lmtune templates`), or auto: the tokenizer's chat_template.")
-    stage: Literal["sft", "pt"] = Field(
+    stage: Literal["sft", "pt", "dpo"] = Field(
         "sft",
         description="sft: conversations through the template; pt: continued pre-training on raw text, documents "
-        "joined with EOS and cut into cutoff_len blocks (packed per document with data.packing), nothing dropped.",
+        "joined with EOS and cut into cutoff_len blocks (packed per document with data.packing), nothing dropped; "
+        "dpo: preference pairs (a prompt, a chosen and a rejected answer) on TRL's DPOTrainer, settings in `pref`.",
     )
     train_on: Literal["all_assistant", "last_assistant", "all"] = Field(
         "all_assistant", description="Trained tokens: every answer, the last answer only, or everything."
@@ -136,7 +137,8 @@ class DataConfig(Section):
 class LoraConfig(Section):
     r: int = Field(8, gt=0, description="LoRA rank.")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    # 0, as LLaMA-Factory: drawing the dropout masks was a fifth of a LoRA step on CPU (benchmarks/RESULTS.md)
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input (0 = none, and no cost).")
     target: Literal["all-linear"] | list[str] = Field(
         "all-linear", description="Modules to adapt: every linear layer of the blocks, or a list of names."
     )
@@ -331,12 +333,26 @@ class KbConfig(Section):
         return self
 
 
+class PrefConfig(Section):
+    """Preference training (data.stage: dpo), on TRL's DPOTrainer; names as TRL's DPOConfig has them."""
+
+    beta: float = Field(0.1, gt=0, description="How far the model may move from the reference (higher = less far).")
+    loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss: sigmoid (DPO), ipo or hinge (SLiC).")
+    ftx: float = Field(0.0, ge=0, description="Weight of an SFT loss on the chosen answer, added to the DPO loss (0 = none).")
+    reference: Literal["model", "precomputed"] = Field(
+        "model",
+        description="model: the reference scores each batch (with LoRA the base, adapter switched off; no second copy); "
+        "precomputed: its log-probs computed once before training, then it is freed.",
+    )
+
+
 class RunConfig(Section):
     model: ModelConfig
     data: DataConfig
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     train: TrainConfig
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    pref: PrefConfig = Field(default_factory=PrefConfig)
 
 
 # ---------------------------------------------------------------- YAML
@@ -427,7 +443,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override '{item}': the value is not valid YAML ({reason}); quote it") from None
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "finetune": FinetuneConfig, "train": TrainConfig, "generate": GenerateConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "finetune": FinetuneConfig, "train": TrainConfig, "generate": GenerateConfig,
+             "pref": PrefConfig}
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:

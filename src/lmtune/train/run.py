@@ -13,6 +13,7 @@ from lmtune.config import RunConfig, resolve_paths, save_run_config
 from lmtune.data.encode import Collator, Encoder, Sample
 from lmtune.data.load import LoadReport
 from lmtune.data.pack import PackedCollator, check_packing_supported, pack, uses_flash_attention
+from lmtune.data.pref import PAIR_STAGES
 from lmtune.data.prepare import Prepared, prepare
 from lmtune.data.pretrain import blocks
 from lmtune.data.registry import resolve_datasets
@@ -82,7 +83,12 @@ def train(config: RunConfig) -> TrainResult:
         log.info("resuming from %s (step %d)", checkpoint, step_of(checkpoint))
     elif config.train.resume == "auto":
         log.info("resume: auto found no complete checkpoint in %s; starting at step 1", output_dir)
-    trainer = _build_trainer(config, model, tokenizer, data, checkpoint, main)
+    if config.data.stage in PAIR_STAGES:
+        from lmtune.train.pref import build_pref_trainer  # TRL is imported only for preference runs
+
+        trainer = build_pref_trainer(config, model, tokenizer, data, checkpoint, main)
+    else:
+        trainer = _build_trainer(config, model, tokenizer, data, checkpoint, main)
     try:
         outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
@@ -221,6 +227,11 @@ def _build_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoi
     # HF logs a NaN/inf loss as the running average, which shows a broken run as loss 0; log it as it is
     # so the guards (and the user) see NaN.
     args.setdefault("logging_nan_inf_filter", False)
+    if not config.data.packing and config.data.stage == "sft":
+        # Batches of similar length (transformers' LengthGroupedSampler: shuffled, then sorted within
+        # mega-batches of 50 batches): most of the padding goes, and the longest batch comes first,
+        # so a run that would run out of memory does so at once.
+        args.setdefault("train_sampling_strategy", "group_by_length")
     if dev_rows:
         args.setdefault("eval_strategy", "steps")
         args.setdefault("eval_steps", 0.1)  # ten evaluations per run, whatever its length
