@@ -1,29 +1,50 @@
-"""LoRA training throughput with and without packing, on a random Llama and long-tailed data.
+"""Training speed: one LoRA SFT job through lmtune (its defaults, then each lever) and, with --peer,
+through LLaMA-Factory, each as a whole process timed from start to exit.
 
-    .venv/bin/python benchmarks/bench_train.py [--hidden 256] [--layers 4] [--steps 30] [--records 2000] [--sigma 0.9]
+    .venv/bin/python benchmarks/bench_train.py [--sigma 0.9] [--cutoff 512] [--records 2000]
+        [--levers default,no-packing,...] [--peer /tmp/lf-venv/bin/llamafactory-cli] [--profile]
 
-Trains the same synthetic instruction data twice through `lmtune train` (padded batches, then
-data.packing: true) and prints non-padding tokens/s, samples/s and peak memory (RSS on CPU,
-torch.cuda.max_memory_allocated on GPU). Results go in benchmarks/RESULTS.md.
+The job (issue 15): one epoch of LoRA SFT on every linear layer (r 8, alpha 16, lr 1e-3, batch 8)
+over --records long-tailed synthetic alpaca samples, on a random Llama (hidden 256, intermediate
+688, 4 layers, 8 heads / 4 key-value heads) with a tokenizer trained on the data. Every run writes
+a fresh output folder, with no data cache to reuse. Per run: whole-process seconds, samples/s,
+non-padding tokens/s over the whole process, peak RSS of the process (os.wait4), the training
+loss averaged over the epoch, and the dev loss after it: the same `lmtune eval` over 200 held-out
+records for every run, LLaMA-Factory's adapter included, so that runs with different numbers of
+steps (packing) are compared on what they learned from the same samples.
+
+--profile runs torch.profiler over steps 3-10 of the default job in this process and prints where
+the CPU time went (self time of each operator, grouped). Results go in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import resource
+import re
+import subprocess
+import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
-import torch
-
-from lmtune.config import validate_config
-from lmtune.tiny import build_model, train_tokenizer
-from lmtune.train.run import train
-
 WORDS = "the model learns to answer questions about data training tokens language city water time".split()
+LMTUNE = str(Path(sys.executable).parent / "lmtune")
+
+# What each lever changes in the lmtune config of the default job (section.key: value).
+LEVERS = {
+    "default": {},
+    "packing": {"data.packing": True},
+    "group-by-length": {"train.train_sampling_strategy": "group_by_length"},
+    "random-order": {"train.train_sampling_strategy": "random"},
+    "lora-dropout-0": {"finetune.lora.dropout": 0.0},
+    "lora-dropout-0.05": {"finetune.lora.dropout": 0.05},
+    "compile": {"train.torch_compile": True},
+    "bf16-autocast": {"train.bf16": True},
+}
 
 
 def records(n: int, seed: int = 0, sigma: float = 0.9) -> list[dict]:
@@ -31,61 +52,221 @@ def records(n: int, seed: int = 0, sigma: float = 0.9) -> list[dict]:
     out = []
     for _ in range(n):
         answer = int(rng.lognormvariate(3.2, sigma)) + 2  # long-tailed: most short, a few very long
-        out.append({"instruction": " ".join(rng.choices(WORDS, k=rng.randint(5, 25))), "output": " ".join(rng.choices(WORDS, k=answer))})
+        out.append({"instruction": " ".join(rng.choices(WORDS, k=rng.randint(5, 25))), "input": "", "output": " ".join(rng.choices(WORDS, k=answer))})
     return out
 
 
-def run(folder: Path, model_dir: Path, data: Path, packing: bool, steps: int, batch: int, cutoff: int) -> dict:
-    config = validate_config(
-        {
-            "model": {"path": str(model_dir)},
-            "data": {"path": str(data), "template": "alpaca", "cutoff_len": cutoff, "packing": packing, "cache": False},
-            "finetune": {"method": "lora"},
-            "train": {"output_dir": str(folder / ("packed" if packing else "padded")), "max_steps": steps,
-                      "per_device_train_batch_size": batch, "logging_steps": 1, "seed": 0},
-        }
-    )
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+def make_job(work: Path, n: int, sigma: float) -> tuple[Path, Path, Path, int]:
+    """Training data, held-out dev data, the model folder, and the non-padding tokens of the epoch."""
+    from lmtune.model.load import load_tokenizer
+    from lmtune.templates.template import get_template
+    from lmtune.tiny import build_model, train_tokenizer
+
+    rows, dev = records(n, 0, sigma), records(200, 1, sigma)
+    data, dev_file, model = work / "train.jsonl", work / "dev.jsonl", work / "model"
+    for path, part in ((data, rows), (dev_file, dev)):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    tokenizer = train_tokenizer([r["instruction"] + " " + r["output"] for r in rows[:500]], model, vocab_size=2000)
+    build_model(tokenizer, model, hidden_size=256, layers=4, heads=8, kv_heads=4, intermediate_size=688)
+    from lmtune.data.encode import Encoder
+    from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
+
+    encoder = Encoder(load_tokenizer(str(model)), get_template("alpaca"), CUTOFF, "all_assistant")
+    tokens = sum(len(encoder.encode(Conversation([Turn(USER, r["instruction"]), Turn(ASSISTANT, r["output"])])).input_ids) for r in rows)
+    return data, dev_file, model, tokens
+
+
+def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process, its output kept in cwd/log.txt."""
     start = time.perf_counter()
-    result = train(config)
+    with open(cwd / "log.txt", "w") as log:
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
-    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows[2:] if "tokens_per_second" in r]  # skip warm-up steps
-    speeds = [r["tokens_per_second"] for r in steps]
-    padding = sum(r["padding_share"] for r in steps) / len(steps)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"tokens/s": sum(speeds) / len(speeds), "padding": padding, "seconds": seconds, "peak MiB": peak}
+    if status:
+        sys.exit(f"{' '.join(command)} failed; see {cwd / 'log.txt'}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def lmtune_config(data: Path, model: Path, out: Path, changes: dict) -> dict:
+    config = {
+        "model": {"path": str(model)},
+        "data": {"path": str(data), "template": "alpaca", "cutoff_len": CUTOFF, "cache": False},
+        "finetune": {"method": "lora", "lora": {"r": 8, "alpha": 16, "target": "all-linear"}},
+        "train": {"output_dir": str(out), "num_train_epochs": 1, "learning_rate": 1e-3,
+                  "per_device_train_batch_size": 8, "logging_steps": 10, "seed": 0},
+    }
+    for key, value in changes.items():
+        *sections, name = key.split(".")
+        node = config
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return config
+
+
+def run_lmtune(work: Path, data: Path, model: Path, name: str) -> dict:
+    folder = work / f"lmtune-{name}"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(json.dumps(lmtune_config(data, model, folder / "out", LEVERS[name])))
+    seconds, peak = timed([LMTUNE, "train", "config.yaml"], folder)
+    lines = [json.loads(line) for line in (folder / "out" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in lines if "loss" in r]
+    return {"seconds": seconds, "peak": peak, "train loss": sum(losses) / len(losses), "out": folder / "out"}
+
+
+def run_peer(cli: str, work: Path, data: Path, model: Path) -> dict:
+    """The same job through LLaMA-Factory with its defaults (lora_dropout 0, no packing, one
+    preprocessing process), from a fresh datasets cache."""
+    folder = work / "llamafactory"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": str(data)}}))
+    config = {
+        "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
+        "lora_target": "all", "lora_rank": 8, "lora_alpha": 16, "dataset": "bench", "dataset_dir": str(folder),
+        "template": "alpaca", "cutoff_len": CUTOFF, "overwrite_cache": True, "output_dir": str(folder / "out"),
+        "per_device_train_batch_size": 8, "learning_rate": 1e-3, "num_train_epochs": 1, "logging_steps": 10,
+        "report_to": "none", "seed": 0,
+    }
+    (folder / "config.yaml").write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in config.items()))
+    env = {**os.environ, "HF_DATASETS_CACHE": str(folder / "hf-cache"), "HF_HUB_OFFLINE": "1",
+           "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": ""}
+    seconds, peak = timed([cli, "train", "config.yaml"], folder, env)
+    state = json.loads((folder / "out" / "trainer_state.json").read_text())
+    losses = [r["loss"] for r in state["log_history"] if "loss" in r]
+    return {"seconds": seconds, "peak": peak, "train loss": sum(losses) / len(losses), "out": folder / "out"}
+
+
+def dev_loss(model: Path, adapter: Path, dev: Path) -> float:
+    """The same evaluation for every run: lmtune eval's dev loss over the held-out records (one
+    generated token each: the generation metrics are not wanted here)."""
+    out = subprocess.run([LMTUNE, "eval", "--model", str(model), "--adapter", str(adapter), "--template", "alpaca",
+                          "--data", str(dev), "--max-new-tokens", "1", "--json"], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"lmtune eval failed on {adapter}:\n{out.stderr}")
+    return _find(json.loads(out.stdout), "dev")["loss"]
+
+
+def _find(tree, key: str):
+    """The first value under `key` anywhere in a JSON tree."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        tree = list(tree.values())
+    for item in tree if isinstance(tree, list) else []:
+        if (found := _find(item, key)) is not None:
+            return found
+    return None
+
+
+def profile(data: Path, model: Path, work: Path) -> None:
+    """Self CPU time per operator over steps 3-10 of the default job, grouped by what it is for."""
+    import torch
+    from transformers import TrainerCallback
+
+    import lmtune.train.run as run
+    from lmtune.config import validate_config
+
+    schedule = torch.profiler.schedule(wait=2, warmup=1, active=8, repeat=1)
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule)
+
+    class Step(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            profiler.step()
+
+    build = run._build_trainer
+
+    def with_profiler(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        collate = trainer.data_collator
+        trainer.data_collator = lambda rows: _labelled("data collation", collate, rows)
+        for callback in trainer.callback_handler.callbacks:  # lmtune's own per-step work
+            for hook in ("on_step_end", "on_log", "on_step_begin"):
+                if type(callback).__module__.startswith("lmtune") and hasattr(callback, hook):
+                    setattr(callback, hook, _labelled_hook(type(callback).__name__, getattr(callback, hook)))
+        trainer.add_callback(Step())
+        return trainer
+
+    run._build_trainer = with_profiler
+    config = validate_config(lmtune_config(data, model, work / "profiled", {"train.max_steps": 11, "train.logging_steps": 1}))
+    with profiler:
+        run.train(config)
+    totals: dict[str, float] = defaultdict(float)
+    for event in profiler.key_averages():
+        totals[_category(event.key)] += event.self_cpu_time_total
+    whole = sum(totals.values())
+    print("\nprofile, steps 3-10 of the default job: self CPU time by category")
+    for name, micros in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {name:<42} {micros / 1e6:7.2f} s  {micros / whole:6.1%}")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+def _labelled(label, function, *args, **kwargs):
+    import torch
+
+    with torch.profiler.record_function(label):
+        return function(*args, **kwargs)
+
+
+def _labelled_hook(name, hook):
+    return lambda *args, **kwargs: _labelled(f"lmtune callback {name}", hook, *args, **kwargs)
+
+
+CATEGORIES = [  # first match wins; names are torch operators (aten::) and the labels above
+    ("data collation", r"^data collation"),
+    ("lmtune callbacks, logging", r"^lmtune callback"),
+    ("optimizer", r"Optimizer|_foreach|adam|^aten::(addcdiv|addcmul|lerp|sqrt)"),
+    ("attention (sdpa, softmax, mask)", r"scaled_dot_product|_flash|attention|softmax|^aten::(where|masked_fill|tril|triu)"),
+    ("loss (cross-entropy)", r"cross_entropy|nll_loss|log_softmax"),
+    ("matmuls (base and LoRA)", r"^aten::(mm|addmm|bmm|matmul|linear)$"),
+    ("dropout", r"dropout|bernoulli"),
+    ("norms, activations, rotary (elementwise)", r"^aten::(mul|add|sub|div|pow|rsqrt|mean|silu|neg|cat|sum|exp|cos|sin|_to_copy|copy_|fill_|zero_|clone|contiguous|sigmoid|silu_backward|threshold|rsub)"),
+    ("embedding", r"embedding"),
+    ("host syncs (.item, to cpu)", r"^aten::(item|_local_scalar_dense)"),
+]
+
+
+def _category(name: str) -> str:
+    return next((label for label, pattern in CATEGORIES if re.search(pattern, name)), "other")
 
 
 def main() -> None:
+    global CUTOFF
     parser = argparse.ArgumentParser()
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--sigma", type=float, default=0.9, help="spread of the answer lengths (lognormal)")
+    parser.add_argument("--cutoff", type=int, default=512)
+    parser.add_argument("--levers", default=",".join(LEVERS), help=f"comma-separated, of: {', '.join(LEVERS)}")
+    parser.add_argument("--peer", help="llamafactory-cli of a LLaMA-Factory install, to run the same job through it")
+    parser.add_argument("--profile", action="store_true", help="profile steps 3-10 of the default job instead")
+    parser.add_argument("--work", help="keep the runs in this folder (default: a temporary one)")
     args = parser.parse_args()
+    CUTOFF = args.cutoff
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        data = folder / "data.jsonl"
-        rows = records(args.records, sigma=args.sigma)
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        tokenizer = train_tokenizer([r["instruction"] + " " + r["output"] for r in rows[:500]], folder / "model", vocab_size=2000)
-        build_model(tokenizer, folder / "model", hidden_size=args.hidden, layers=args.layers, heads=max(2, args.hidden // 64))
-        padded = run(folder, folder / "model", data, False, args.steps, args.batch, args.cutoff)
-        packed = run(folder, folder / "model", data, True, args.steps, args.batch, args.cutoff)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"device {device}; hidden {args.hidden}, {args.layers} layers, batch {args.batch}, cutoff {args.cutoff}, "
-          f"{args.steps} steps, answer-length sigma {args.sigma}")
-    for name, r in (("padded", padded), ("packed", packed)):
-        print(f"{name:>7}: {r['tokens/s']:10.0f} non-padding tokens/s  padding {r['padding']:5.1%}  {r['seconds']:6.1f} s  peak {r['peak MiB']:7.0f} MiB")
-    # Removing padding can at best turn the padded positions into real ones.
-    bound = (1 - packed["padding"]) / (1 - padded["padding"])
-    print(f"packing speed-up: {packed['tokens/s'] / padded['tokens/s']:.2f}x (padding removed alone would give {bound:.2f}x)")
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        data, dev, model, tokens = make_job(work, args.records, args.sigma)
+        if args.profile:
+            return profile(data, model, work)
+        results = {}
+        if args.peer:
+            results["LLaMA-Factory"] = run_peer(args.peer, work, data, model)
+        for name in args.levers.split(","):
+            results[f"lmtune {name}"] = run_lmtune(work, data, model, name)
+        for result in results.values():
+            result["dev loss"] = dev_loss(model, result["out"], dev)
+    print(f"job: {args.records} records (answer-length sigma {args.sigma}), cutoff {args.cutoff}, {tokens:,} tokens; "
+          "LoRA r 8 on all linear layers, batch 8, lr 1e-3, one epoch; CPU")
+    print("| run | whole process | samples/s | tokens/s | peak RSS | train loss (epoch mean) | dev loss after |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['seconds']:.1f} s | {args.records / r['seconds']:.1f} | {tokens / r['seconds']:,.0f} | "
+              f"{r['peak']:,.0f} MiB | {r['train loss']:.3f} | {r['dev loss']:.3f} |")
+    if "LLaMA-Factory" in results and "lmtune default" in results:
+        print(f"LLaMA-Factory / lmtune default, whole process: {results['LLaMA-Factory']['seconds'] / results['lmtune default']['seconds']:.2f}x")
 
+
+CUTOFF = 512
 
 if __name__ == "__main__":
     main()

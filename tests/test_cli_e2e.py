@@ -28,7 +28,8 @@ def test_training_writes_everything_later_commands_need(full_run):
     assert (out / "model.safetensors").stat().st_size > 0 and (out / "tokenizer.json").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(10, 121, 10))
-    assert set(rows[0]) == {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "padding_share"}
+    assert set(rows[0]) == {"step", "epoch", "samples", "loss", "learning_rate", "grad_norm", "tokens_per_second", "padding_share"}
+    assert [r["samples"] for r in rows] == [4 * r["step"] for r in rows]  # 4 records a step, counted as trained
     assert 0 <= rows[0]["padding_share"] < 1
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[0]["tokens_per_second"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -41,4 +41,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     result, double = final_loss("two", "train.per_device_train_batch_size=2", "--nproc", "2")
     assert result.stderr.count("done: average training loss") == 1  # only rank 0 reports
     assert len(single) == len(double) == 4
-    assert all(abs(a - b) < 1e-4 for a, b in zip(single, double)), (single, double)
+    # Same samples in each global batch, but summed in another order and padded per device (batches
+    # grouped by length): rounding differences grow a little over 8 SGD steps at lr 0.1. A DDP error
+    # (gradients summed, not averaged; a batch seen twice) moves the loss by ~1e-2 here.
+    assert all(abs(a - b) < 5e-4 for a, b in zip(single, double)), (single, double)

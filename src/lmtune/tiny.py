@@ -48,8 +48,11 @@ def build_model(
     layers: int = 2,
     heads: int = 4,
     seed: int = 0,
+    intermediate_size: int | None = None,
+    kv_heads: int | None = None,
 ):
-    """A randomly initialised causal LM of the given family, saved with its tokenizer."""
+    """A randomly initialised causal LM of the given family, saved with its tokenizer. Llama's MLP
+    width defaults to twice the hidden size, its key/value heads to `heads` (no grouped-query attention)."""
     import torch
     from transformers import AutoModelForCausalLM, BloomConfig, LlamaConfig
 
@@ -59,10 +62,10 @@ def build_model(
     if arch == "llama":
         config = LlamaConfig(
             hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
+            intermediate_size=intermediate_size or hidden_size * 2,
             num_hidden_layers=layers,
             num_attention_heads=heads,
-            num_key_value_heads=heads,
+            num_key_value_heads=kv_heads or heads,
             max_position_embeddings=2048,
             tie_word_embeddings=True,
             **special,

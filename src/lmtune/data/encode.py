@@ -325,9 +325,11 @@ class Collator:
         self.pad_id = pad_id
         self.tokens = 0  # real (non-padding) tokens collated so far, for tokens/s
         self.slots = 0  # every position collated, padding included: 1 - tokens/slots is the padding share
+        self.samples = 0  # samples collated so far: loss against samples seen compares packed and padded runs
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         self.tokens += sum(len(s["input_ids"]) for s in samples)
+        self.samples += len(samples)
         batch = pad_batch(samples, self.pad_id)
         self.slots += batch["input_ids"].numel()
         return check_some_label(batch)

@@ -59,10 +59,12 @@ class PackedCollator:
         self.pad_id, self.block_mask, self.dtype = pad_id, block_mask, dtype
         self.tokens = 0  # real (non-padding) tokens collated so far, for tokens/s
         self.slots = 0  # every position collated, padding included
+        self.samples = 0  # samples (not rows) collated so far
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
         self.tokens += sum(len(r["input_ids"]) for r in rows)
+        self.samples += sum(len(r["lengths"]) for r in rows)
         batch = {"input_ids": [], "labels": [], "position_ids": []}
         masks = []
         for row in rows:

@@ -14,19 +14,32 @@ LOSS_PLOT = "loss.png"
 
 
 class MetricsFile(TrainerCallback):
-    """One JSON line per logging step: step, epoch, loss, learning_rate, grad_norm, tokens_per_second
-    (real tokens, padding excluded) and padding_share (of the positions the model computed)."""
+    """One JSON line per logging step: step, epoch, samples (training samples seen so far: packed
+    runs take fewer, fuller steps, so compare runs by samples), loss, learning_rate, grad_norm,
+    tokens_per_second (real tokens, padding excluded) and padding_share (of the positions the model
+    computed)."""
 
     def __init__(self, output_dir: Path, collator, keep_until: int = 0):
         """keep_until: a resumed run keeps the lines up to its checkpoint's step and goes on from there."""
         self.path = Path(output_dir) / METRICS_FILE
         self.collator = collator  # counts the real tokens it batches (HF's count breaks on packed 4D masks)
         kept = [row for row in read_metrics(output_dir) if row["step"] <= keep_until] if keep_until else []
+        self._before = kept[-1].get("samples", 0) if kept else 0  # seen before the checkpoint resumed from
         self.path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
         self._last = (time.perf_counter(), 0, 0)
+        self._not_trained = 0  # samples the collator batched for evaluation, not training
+        self._after_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.perf_counter(), self.collator.tokens, self.collator.slots)
+        self._not_trained = self.collator.samples
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._after_step = self.collator.samples
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._not_trained += self.collator.samples - self._after_step  # the dev set, batched since the step ended
+        self._after_step = self.collator.samples
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs:
@@ -39,6 +52,7 @@ class MetricsFile(TrainerCallback):
         row = {
             "step": state.global_step,
             "epoch": round(state.epoch or 0.0, 4),
+            "samples": self._before + self.collator.samples - self._not_trained,
             "loss": logs["loss"],
             "learning_rate": logs.get("learning_rate"),
             "grad_norm": logs.get("grad_norm"),
