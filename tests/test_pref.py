@@ -113,7 +113,7 @@ def test_truncation_cuts_the_prompt_start_and_keeps_the_answers(tmp_path, tokeni
     ({"prompt": "Hi", "chosen": "Hello!", "rejected": "Hello!"}, "'chosen' and 'rejected' are the same answer"),
     ({"prompt": "Hi", "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
       "rejected": [{"role": "user", "content": "Ho"}, {"role": "assistant", "content": "No."}]}, "answer different prompts"),
-    ({"instruction": "Hi", "output": "Hello!"}, "no 'chosen' field; preference data (data.stage: dpo) needs"),
+    ({"instruction": "Hi", "output": "Hello!"}, "no 'chosen' field; preference data (data.stage: dpo or rm) needs"),
 ])
 def test_bad_pairs_name_their_line(tmp_path, record, message):
     path = write_json(tmp_path / "bad.jsonl", [LAYOUTS["plain"], record], jsonl=True)
@@ -145,3 +145,27 @@ def test_llama_factory_ranking_entry_trains_through_data_dataset(tmp_path, llama
     assert evaluated.returncode == 0, evaluated.stderr
     preference = json.loads(evaluated.stdout.strip().splitlines()[-1])["model"]["preference"]
     assert preference["pairs"] == 4 and 0 <= preference["accuracy"] <= 1
+
+
+def marked_pairs(prompts, bodies):
+    """Chosen answers end in 'Yes.', rejected ones in 'No.': a reward model can learn the word."""
+    return [{"instruction": p, "input": "", "chosen": f"{b} Yes.", "rejected": f"{b} No."} for p in prompts for b in bodies]
+
+
+def test_reward_model_ranks_held_out_pairs_and_saves_its_score_head(tmp_path, llama_dir):
+    from lmtune.infer.engine import load_engine
+
+    instructions = [r["instruction"] for r in RECORDS]
+    data = write_json(tmp_path / "pairs.json", marked_pairs(instructions[:2], ANSWERS))
+    held_out = write_json(tmp_path / "held_out.json", marked_pairs(instructions[2:], ["I like tea.", "Two is four."]))
+    config = dpo_config(llama_dir, data, tmp_path / "out")
+    config.data.stage, config.train.max_steps = "rm", 20
+    result = train(config)
+
+    saved = json.loads((result.output_dir / "adapter_config.json").read_text())
+    assert "score" in saved["modules_to_save"]  # the new head is saved with the adapter
+    pairs = load_data(DataConfig(path=[str(held_out)], stage="rm")).train
+    accuracy = preference_accuracy(load_engine(None, str(result.output_dir)), pairs, 128, 16)
+    assert accuracy["accuracy"] == 1.0 and accuracy["margin"] > 0
+    rows = [r for r in read_metrics(result.output_dir) if "loss" in r]
+    assert {"accuracy", "margin"} <= set(rows[-1]) and rows[-1]["margin"] > rows[0]["margin"]

@@ -66,11 +66,12 @@ class DataConfig(Section):
     )
     template_file: str | None = Field(None, description="YAML file with templates of your own (same shape as the registry).")
     template: str = Field("alpaca", description="Prompt template name (`lmtune templates`), or auto: the tokenizer's chat_template.")
-    stage: Literal["sft", "pt", "dpo"] = Field(
+    stage: Literal["sft", "pt", "dpo", "rm"] = Field(
         "sft",
         description="sft: conversations through the template; pt: continued pre-training on raw text, documents "
         "joined with EOS and cut into cutoff_len blocks (packed per document with data.packing), nothing dropped; "
-        "dpo: preference pairs (a prompt, a chosen and a rejected answer) on TRL's DPOTrainer, settings in `pref`.",
+        "dpo: preference pairs (a prompt, a chosen and a rejected answer) on TRL's DPOTrainer, settings in `pref`; "
+        "rm: a reward model (one score per answer) trained on the same pairs with TRL's RewardTrainer.",
     )
     train_on: Literal["all_assistant", "last_assistant", "all"] = Field(
         "all_assistant", description="Trained tokens: every answer, the last answer only, or everything."

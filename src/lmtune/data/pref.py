@@ -23,7 +23,7 @@ from lmtune.data.formats import MESSAGES_TAGS, SHAREGPT_TAGS, detect_format, to_
 from lmtune.data.records import ASSISTANT, Conversation
 from lmtune.errors import DataError, RecordError
 
-PAIR_STAGES = ("dpo",)
+PAIR_STAGES = ("dpo", "rm")
 _TAGS = {"sharegpt": SHAREGPT_TAGS, "messages": MESSAGES_TAGS}
 _MESSAGE_COLUMN = {"sharegpt": "conversations", "messages": "messages"}
 
@@ -50,6 +50,10 @@ class PairSample:
     def row(self) -> dict[str, list[int]]:
         return {"prompt_ids": self.prompt_ids, "chosen_ids": self.chosen_ids, "rejected_ids": self.rejected_ids}
 
+    def whole_row(self) -> dict[str, list[int]]:
+        """Prompt and answer as one sequence each, as a reward model scores them."""
+        return {"chosen_ids": self.prompt_ids + self.chosen_ids, "rejected_ids": self.prompt_ids + self.rejected_ids}
+
 
 def is_pair(record: dict[str, Any], columns: dict[str, str] | None) -> bool:
     columns = columns or {}
@@ -68,7 +72,7 @@ def to_pair(record: dict[str, Any], fmt: str, columns=None, tags=None, ignored: 
     names = columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
     missing = [name for name in names if name not in record]
     if missing:
-        raise RecordError(f"no '{missing[0]}' field; preference data (data.stage: dpo) needs '{names[0]}' and '{names[1]}'")
+        raise RecordError(f"no '{missing[0]}' field; preference data (data.stage: dpo or rm) needs '{names[0]}' and '{names[1]}'")
     seen: list[str] = []
     chosen, rejected = (_with_answer(record, fmt, columns, tags, name, seen) for name in names)
     (prompt, answer), (other, rejected_answer) = chosen.without_last_answer(), rejected.without_last_answer()

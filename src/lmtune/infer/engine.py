@@ -212,7 +212,8 @@ def load_engine(
     tokenizer = load_tokenizer(tokenizer_dir)
     chosen = _choose_template(template, run, run_dir, tokenizer)
     quant = quantization(QuantConfig(bits=bits), f"--quantize {bits}bit", "drop --quantize") if bits else None
-    model_obj = load_model(base, run.model.dtype if run else "auto", quantization_config=quant)
+    reward = bool(run and run.data.stage == "rm")  # scores answers (lmtune eval), generates nothing
+    model_obj = load_model(base, run.model.dtype if run else "auto", quantization_config=quant, reward=reward)
     align_special_tokens(model_obj, tokenizer)
     if adapter:
         model_obj = load_adapter(model_obj, adapter)

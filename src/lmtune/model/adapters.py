@@ -44,7 +44,8 @@ def attach_lora(model, cfg: LoraConfig):
         use_rslora=cfg.use_rslora,
         use_dora=cfg.use_dora,
         modules_to_save=cfg.modules_to_save,
-        task_type="CAUSAL_LM",
+        # A reward model's score head is new: SEQ_CLS makes peft train and save it with the adapter.
+        task_type="SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)
 

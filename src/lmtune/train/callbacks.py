@@ -66,13 +66,18 @@ class MetricsFile(TrainerCallback):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-# What TRL's DPOTrainer logs beside the loss: the implicit rewards of the chosen and rejected answers
-# (beta * log-ratio against the reference), their margin, and the share of pairs where chosen wins.
-PREFERENCE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+# What TRL's trainers log beside the loss. DPO (and KTO): the implicit rewards of the chosen and rejected
+# answers (beta * log-ratio against the reference), their margin, the share of pairs where chosen wins;
+# KTO also its KL estimate. RewardTrainer: the share of pairs scored right, the mean score gap, the mean
+# score. GRPO: the mean reward of the sampled answers, its spread, and each reward function's mean.
+PREFERENCE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl",
+                      "accuracy", "margin", "mean_reward", "reward", "reward_std")
 
 
 def preference_metrics(logs: dict, prefix: str = "") -> dict:
-    return {name: logs[prefix + name] for name in PREFERENCE_METRICS if prefix + name in logs}
+    named = {name: logs[prefix + name] for name in PREFERENCE_METRICS if prefix + name in logs}
+    per_function = {k[len(prefix):]: v for k, v in logs.items() if k.startswith(prefix + "rewards/") and k.endswith("/mean")}
+    return {**named, **per_function}
 
 
 class ProgressLines(TrainerCallback):

@@ -1,5 +1,6 @@
-"""Preference training (data.stage: dpo) on TRL's DPOTrainer, fed pairs already rendered by
-lmtune's template, with lmtune's callbacks and one more guard: the reference must not move."""
+"""Preference training on TRL's trainers, fed samples already rendered by lmtune's template, with
+lmtune's callbacks: data.stage dpo (DPOTrainer, with one more guard: the reference must not move)
+and rm (RewardTrainer: a one-score head on the same base, trained to score chosen above rejected)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from trl import DPOTrainer
+from trl import DPOTrainer, RewardTrainer
 
 from lmtune.config import RunConfig
+from lmtune.data.pref import PairSample
 from lmtune.data.prepare import Prepared
 from lmtune.errors import ConfigError
 from lmtune.train.callbacks import MetricsFile, ProgressLines
@@ -21,41 +23,65 @@ log = logging.getLogger(__name__)
 
 
 def build_pref_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoint=None, main: bool = True):
-    from datasets import Dataset
     from transformers import PrinterCallback
-    from trl import DPOConfig
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    try:
-        args = DPOConfig(**_arguments(config, bool(data.dev)))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"train: {' '.join(str(exc).split())}") from exc
+    if config.data.stage == "rm":
+        from trl import RewardConfig
+        from trl.trainer.reward_trainer import DataCollatorForPreference
+
+        settings, trainer_class, row, extra = RewardConfig, PairRewardTrainer, PairSample.whole_row, {}
+    else:
+        from trl import DPOConfig
+        from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+        # ref_model None: with LoRA the base, adapter switched off; full/freeze: TRL loads the base again, frozen
+        settings, trainer_class, row, extra = DPOConfig, PairDPOTrainer, PairSample.row, {"ref_model": None}
+    args = trl_arguments(settings, config, bool(data.dev))
     collator = CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id))
-    trainer = PairDPOTrainer(
+    guard = ReferenceGuard() if config.data.stage == "dpo" else None
+    trainer = trainer_class(
         model=model,
-        ref_model=None,  # LoRA: the base, adapter switched off; full/freeze: TRL loads the base again, frozen
         args=args,
         data_collator=collator,
-        train_dataset=Dataset.from_list([s.row() for s in data.train]),
-        eval_dataset=Dataset.from_list([s.row() for s in data.dev]) if data.dev else None,
+        train_dataset=rows_dataset(data.train, row),
+        eval_dataset=rows_dataset(data.dev, row) if data.dev else None,
         processing_class=tokenizer,
-        callbacks=[
-            MarkComplete(),
-            Guards("fp16" if args.fp16 else "bf16" if args.bf16 else None, zero_loss_is_broken=False),
-            guard := ReferenceGuard(),
-            *([MetricsFile(Path(config.train.output_dir), collator, step_of(checkpoint) if checkpoint else 0),
-               ProgressLines(log.info)] if main else []),
-        ],
+        callbacks=callbacks(config, args, collator, checkpoint, main, [guard] if guard else []),
+        **extra,
     )
-    _base_as_reference(trainer.model, config)
-    guard.trainer = trainer
+    if guard:
+        _base_as_reference(trainer.model, config)
+        guard.trainer = trainer
     trainer.remove_callback(PrinterCallback)
     return trainer
 
 
+def rows_dataset(samples, row):
+    from datasets import Dataset
+
+    return Dataset.from_list([row(s) for s in samples])
+
+
+def callbacks(config: RunConfig, args, collator, checkpoint, main: bool, extra: list) -> list:
+    return [
+        MarkComplete(),
+        Guards("fp16" if args.fp16 else "bf16" if args.bf16 else None, zero_loss_is_broken=False),
+        *extra,
+        *([MetricsFile(Path(config.train.output_dir), collator, step_of(checkpoint) if checkpoint else 0),
+           ProgressLines(log.info)] if main else []),
+    ]
+
+
+def trl_arguments(settings, config: RunConfig, has_dev: bool):
+    """The stage's TRL config (DPOConfig, RewardConfig …) from lmtune's train section and settings."""
+    try:
+        return settings(**_arguments(config, has_dev))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"train: {' '.join(str(exc).split())}") from exc
+
+
 def _arguments(config: RunConfig, has_dev: bool) -> dict:
     args = config.train.training_arguments()
-    pref = config.pref
     args.setdefault("remove_unused_columns", False)
     args.setdefault("disable_tqdm", True)  # ProgressLines reports instead
     args.setdefault("use_cpu", not torch.cuda.is_available())
@@ -69,9 +95,12 @@ def _arguments(config: RunConfig, has_dev: bool) -> dict:
         args.setdefault("eval_strategy", "steps")
         args.setdefault("eval_steps", 0.1)
     # The answers' ends are kept by lmtune's own truncation (data.pref), so TRL must not cut again.
-    args.update(max_length=None, beta=pref.beta, precompute_ref_log_probs=pref.reference == "precomputed")
-    args["loss_type"] = [pref.loss] + (["sft"] if pref.ftx else [])
-    args["loss_weights"] = [1.0, pref.ftx] if pref.ftx else None
+    args["max_length"] = None
+    if config.data.stage == "dpo":
+        pref = config.pref
+        args.update(beta=pref.beta, precompute_ref_log_probs=pref.reference == "precomputed")
+        args["loss_type"] = [pref.loss] + (["sft"] if pref.ftx else [])
+        args["loss_weights"] = [1.0, pref.ftx] if pref.ftx else None
     return args
 
 
@@ -83,11 +112,23 @@ def _base_as_reference(model, config: RunConfig) -> None:
         model.delete_adapter("ref")
 
 
-class PairDPOTrainer(DPOTrainer):
+class NoModelCard:
+    """TRL writes a README.md model card into the output folder at each checkpoint; lmtune's run.yaml
+    already says what the run was, and a README there would be mistaken for the user's own."""
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        pass
+
+
+class PairDPOTrainer(NoModelCard, DPOTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # The pairs arrive as prompt_ids/chosen_ids/rejected_ids rendered by lmtune's template; TRL's
         # own preparation would render text prompts through the tokenizer's chat template instead.
         return dataset
+
+
+class PairRewardTrainer(NoModelCard, RewardTrainer):
+    pass  # rows come as chosen_ids/rejected_ids, which RewardTrainer takes as they are
 
 
 class CountingCollator:

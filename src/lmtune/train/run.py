@@ -180,7 +180,7 @@ def _load_model(config: RunConfig, model_dir: Path):
     if config.finetune.method in ("full", "freeze") and resolve_dtype(dtype) == torch.float16:
         dtype = "float32"  # fp16 master weights cannot be unscaled; AMP keeps fp32 weights and fp16 math
     quant = quantization(config.finetune.quant) if config.finetune.method == "qlora" else None
-    model = load_model(model_dir, dtype, config.model.trust_remote_code, quantization_config=quant)
+    model = load_model(model_dir, dtype, config.model.trust_remote_code, quantization_config=quant, reward=config.data.stage == "rm")
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
