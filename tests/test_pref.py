@@ -169,3 +169,54 @@ def test_reward_model_ranks_held_out_pairs_and_saves_its_score_head(tmp_path, ll
     assert accuracy["accuracy"] == 1.0 and accuracy["margin"] > 0
     rows = [r for r in read_metrics(result.output_dir) if "loss" in r]
     assert {"accuracy", "margin"} <= set(rows[-1]) and rows[-1]["margin"] > rows[0]["margin"]
+
+
+def test_kto_raises_desirable_answers_above_undesirable_ones(tmp_path, llama_dir, tokenizer):
+    from lmtune.model.load import load_model
+
+    pairs_file = write_json(tmp_path / "pairs.json", oriented_pairs(llama_dir, tokenizer))
+    rows = [{"instruction": p["instruction"], "input": "", "output": p[side], "label": side == "chosen"}
+            for p in json.loads(pairs_file.read_text()) for side in ("chosen", "rejected")]
+    data = write_json(tmp_path / "kto.json", rows)
+    samples = encode_pairs(load_data(DataConfig(path=[str(pairs_file)], stage="dpo")).train,
+                           Encoder(tokenizer, template_for("alpaca", tokenizer, None), 128))
+
+    def margin(model) -> float:  # mean log-probability gap, desirable minus undesirable, on the training answers
+        desirable, undesirable = pair_logps(model, samples, tokenizer.pad_token_id, 16)
+        return float((desirable - undesirable).mean())
+
+    before = margin(load_model(llama_dir, "float32"))
+    config = dpo_config(llama_dir, data, tmp_path / "out", beta=0.1)
+    config.data.stage = "kto"
+    result = train(config)
+    from lmtune.infer.engine import load_engine
+
+    assert before < 0 and margin(load_engine(None, str(result.output_dir)).model) > before + 2.0
+    logged = [r for r in read_metrics(result.output_dir) if "loss" in r]
+    assert {"rewards/chosen", "rewards/rejected", "kl"} <= set(logged[-1])
+
+
+def test_llama_factory_kto_tag_entry_trains_through_data_dataset(tmp_path, llama_dir):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    answers = [("Hello!", True), ("Go away.", False)] * 2
+    write_json(folder / "kto_en_demo.json", [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": a}], "label": good} for a, good in answers])
+    (folder / "dataset_info.json").write_text(json.dumps({"kto_en_demo": {
+        "file_name": "kto_en_demo.json", "formatting": "sharegpt",
+        "columns": {"messages": "messages", "kto_tag": "label"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}), encoding="utf-8")
+    config = dpo_config(llama_dir, None, tmp_path / "out", {"dataset": "kto_en_demo", "dataset_dir": str(folder)})
+    config.data.stage, config.train.max_steps = "kto", 2
+    result = train(config)
+    assert result.report.kept == 4 and (result.output_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"instruction": "Hi", "output": "Hello!"}, "no 'label' field; KTO data (data.stage: kto) tags each answer"),
+    ({"instruction": "Hi", "output": "Hello!", "label": "yes"}, "'label' must be true (a desirable answer) or false"),
+])
+def test_bad_kto_records_name_their_line(tmp_path, record, message):
+    path = write_json(tmp_path / "bad.jsonl", [{"prompt": "Hi", "completion": "Hello!", "label": True}, record], jsonl=True)
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}:2: .*{re.escape(message)}"):
+        load_data(DataConfig(path=[str(path)], stage="kto"))

@@ -123,8 +123,8 @@ OUTCOMES = {
     "hub_en_dev": "read 1 records from 1 file(s); kept 1; ignored fields: source (1) in hub_en_dev",
     "hub_zh": "read 1 records from 1 file(s); kept 1; ignored fields: source (1) in hub_zh",
     "dpo_en_demo": f" is preference data (ranking: true: chosen/rejected answer pairs); {PREFERENCE}",
-    "kto_en_demo": " is KTO data (kto_tag column 'label' labels each answer desirable or not); it needs a KTO stage "
-    "(planned in issue 16): as SFT data its undesirable answers would be trained as good ones",
+    "kto_en_demo": " is KTO data (kto_tag column 'label' labels each answer desirable or not); train it with "
+    "data.stage: kto (as SFT data its undesirable answers would be trained as good ones)",
     "mllm_demo": " is multimodal (images in column 'images'); lmtune trains on text: set data.drop_media: true to train on "
     "the text alone (the media and their <image>/<video>/<audio> placeholders are dropped and counted in the load report), "
     "or leave it out",

@@ -66,12 +66,13 @@ class DataConfig(Section):
     )
     template_file: str | None = Field(None, description="YAML file with templates of your own (same shape as the registry).")
     template: str = Field("alpaca", description="Prompt template name (`lmtune templates`), or auto: the tokenizer's chat_template.")
-    stage: Literal["sft", "pt", "dpo", "rm"] = Field(
+    stage: Literal["sft", "pt", "dpo", "rm", "kto"] = Field(
         "sft",
         description="sft: conversations through the template; pt: continued pre-training on raw text, documents "
         "joined with EOS and cut into cutoff_len blocks (packed per document with data.packing), nothing dropped; "
         "dpo: preference pairs (a prompt, a chosen and a rejected answer) on TRL's DPOTrainer, settings in `pref`; "
-        "rm: a reward model (one score per answer) trained on the same pairs with TRL's RewardTrainer.",
+        "rm: a reward model (one score per answer) trained on the same pairs with TRL's RewardTrainer; "
+        "kto: single answers labelled desirable or not, on TRL's KTOTrainer.",
     )
     train_on: Literal["all_assistant", "last_assistant", "all"] = Field(
         "all_assistant", description="Trained tokens: every answer, the last answer only, or everything."
@@ -335,9 +336,11 @@ class KbConfig(Section):
 
 
 class PrefConfig(Section):
-    """Preference training (data.stage: dpo), on TRL's DPOTrainer; names as TRL's DPOConfig has them."""
+    """Preference training (data.stage: dpo, kto), on TRL's DPOTrainer/KTOTrainer; names as TRL's configs have them."""
 
     beta: float = Field(0.1, gt=0, description="How far the model may move from the reference (higher = less far).")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the desirable answers' loss.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the undesirable answers' loss (raise it when they are fewer).")
     loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss: sigmoid (DPO), ipo or hinge (SLiC).")
     ftx: float = Field(0.0, ge=0, description="Weight of an SFT loss on the chosen answer, added to the DPO loss (0 = none).")
     reference: Literal["model", "precomputed"] = Field(

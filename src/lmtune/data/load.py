@@ -22,7 +22,7 @@ from lmtune.config import DataConfig
 from lmtune.data.filters import apply_filters
 from lmtune.data.formats import detect_format, to_conversation
 from lmtune.data.hub import hub_records
-from lmtune.data.pref import PAIR_STAGES, detect_pair_format, to_pair
+from lmtune.data.pref import LABEL_STAGES, PAIR_STAGES, detect_labeled_format, detect_pair_format, to_labeled, to_pair
 from lmtune.data.readers import RawRecord, open_records
 from lmtune.data.records import Conversation
 from lmtune.data.registry import DatasetSpec, check_record, media_columns, resolve_datasets
@@ -158,7 +158,9 @@ def load_data(data: DataConfig, tokenizer=None, seed: int = 42) -> LoadedData:
 
 
 def read_dataset(spec: DatasetSpec, data: DataConfig, report: LoadReport) -> list[Conversation]:
-    convs, pairs = [], data.stage in PAIR_STAGES
+    convs, pairs, labeled = [], data.stage in PAIR_STAGES, data.stage in LABEL_STAGES
+    detect = detect_pair_format if pairs else detect_labeled_format if labeled else detect_format
+    convert = to_pair if pairs else to_labeled if labeled else to_conversation
     for source, encoding, records in open_sources(spec, data):
         file_report = report.files.setdefault(source, FileReport(source, spec.name, encoding))
         file_format = None if spec.format == "auto" else spec.format
@@ -167,8 +169,8 @@ def read_dataset(spec: DatasetSpec, data: DataConfig, report: LoadReport) -> lis
             try:
                 record = _parsed(raw)
                 check_record(record, spec, data, raw.where)  # a DataError for the dataset, not a bad record
-                file_format = file_format or (detect_pair_format if pairs else detect_format)(record)
-                conv = _conversation(record, file_format, spec, file_report, to_pair if pairs else to_conversation)
+                file_format = file_format or detect(record)
+                conv = _conversation(record, file_format, spec, file_report, convert)
             except RecordError as exc:
                 _reject(report, file_report, raw, str(exc), data.on_error)
                 continue
@@ -189,7 +191,7 @@ def open_sources(spec: DatasetSpec, data: DataConfig) -> Iterator[tuple[str, str
 
 
 def _conversation(record: dict, fmt: str, spec: DatasetSpec, file_report: FileReport, convert=to_conversation) -> Conversation:
-    """The record as a Conversation (or a preference Pair); the fields it leaves unused and the media
+    """The record as a Conversation (or a preference Pair, or a KTO Labeled answer); the fields it leaves unused and the media
     it drops are counted."""
     media = [column for column in media_columns(spec).values() if column in record]
     dropped = [column for column in media if record[column]]  # empty ones hold nothing to lose

@@ -9,6 +9,10 @@ Layouts (each with LLaMA-Factory's column and tag renames):
 
 A pair is converted as two conversations, prompt + chosen and prompt + rejected, through the SFT
 converters, so every record problem reads as it does for SFT data; then the two prompts must agree.
+
+KTO (data.stage: kto) takes single answers tagged desirable or not instead: any SFT layout ending
+with the assistant's answer, or TRL's {"prompt", "completion"}, plus a boolean "label" (or the
+field LLaMA-Factory's kto_tag column names).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from lmtune.data.records import ASSISTANT, Conversation
 from lmtune.errors import DataError, RecordError
 
 PAIR_STAGES = ("dpo", "rm")
+LABEL_STAGES = ("kto",)
+TRL_STAGES = PAIR_STAGES + LABEL_STAGES  # trained by lmtune.train.pref on TRL's trainers
 _TAGS = {"sharegpt": SHAREGPT_TAGS, "messages": MESSAGES_TAGS}
 _MESSAGE_COLUMN = {"sharegpt": "conversations", "messages": "messages"}
 
@@ -55,6 +61,28 @@ class PairSample:
         return {"chosen_ids": self.prompt_ids + self.chosen_ids, "rejected_ids": self.prompt_ids + self.rejected_ids}
 
 
+@dataclass
+class Labeled(Conversation):
+    """A conversation whose last answer is tagged desirable (true) or undesirable (false)."""
+
+    desirable: bool = True
+
+
+@dataclass
+class LabeledSample:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    label: bool
+    truncated: bool = False
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids + self.completion_ids
+
+    def row(self) -> dict:
+        return {"prompt_ids": self.prompt_ids, "completion_ids": self.completion_ids, "label": self.label}
+
+
 def is_pair(record: dict[str, Any], columns: dict[str, str] | None) -> bool:
     columns = columns or {}
     return columns.get("chosen", "chosen") in record and columns.get("rejected", "rejected") in record
@@ -83,6 +111,27 @@ def to_pair(record: dict[str, Any], fmt: str, columns=None, tags=None, ignored: 
     if ignored is not None:
         ignored += [name for name in dict.fromkeys(seen) if name not in names]
     return Pair(chosen.turns, chosen.system, chosen.tools, rejected=rejected_answer)
+
+
+def detect_labeled_format(record: dict[str, Any]) -> str:
+    """The SFT format, or "prompt" for TRL's prompt/completion layout."""
+    return "prompt" if "prompt" in record and "completion" in record else detect_format(record)
+
+
+def to_labeled(record: dict[str, Any], fmt: str, columns=None, tags=None, ignored: list[str] | None = None) -> Labeled:
+    name = (columns or {}).get("kto_tag", "label")
+    if name not in record:
+        raise RecordError(f"no '{name}' field; KTO data (data.stage: kto) tags each answer '{name}': true (desirable) or false")
+    if not isinstance(record[name], bool):
+        raise RecordError(f"'{name}' must be true (a desirable answer) or false (an undesirable one), got {type_name(record[name])}")
+    rest = {k: v for k, v in record.items() if k != name}
+    if fmt == "prompt":
+        conv = _with_answer(rest, fmt, {}, tags, "completion", ignored if ignored is not None else [])
+    else:
+        conv = to_conversation(rest, fmt, columns, tags, ignored=ignored)
+        if not conv.turns or conv.turns[-1].role != ASSISTANT:
+            raise RecordError(f"the record must end with the assistant's answer, which '{name}' judges")
+    return Labeled(conv.turns, conv.system, conv.tools, desirable=record[name])
 
 
 def _with_answer(record, fmt, columns, tags, name, ignored) -> Conversation:
@@ -159,9 +208,24 @@ def _sample(encoder: Encoder, chosen, rejected) -> PairSample:
     prompt_c, answer_c = _split(chosen)
     prompt_r, answer_r = _split(rejected)
     shared = _common_prefix(prompt_c, prompt_r)  # a token merging across the prompt's end goes with the answer
-    prompt, answer_c, answer_r = prompt_c[:shared], prompt_c[shared:] + answer_c, prompt_r[shared:] + answer_r
+    prompt, (answer_c, answer_r), truncated = _fit(encoder, prompt_c[:shared], [prompt_c[shared:] + answer_c, prompt_r[shared:] + answer_r])
+    return PairSample(prompt, answer_c, answer_r, truncated)
+
+
+def encode_labeled(convs: list[Labeled], encoder: Encoder) -> list[LabeledSample]:
+    tokenized = encoder.tokenize([encoder.render(c) for c in convs])
+    samples = []
+    for conv, ids in zip(convs, tokenized):
+        prompt, answer = _split(ids)
+        prompt, (answer,), truncated = _fit(encoder, prompt, [answer])
+        samples.append(LabeledSample(prompt, answer, conv.desirable, truncated))
+    return samples
+
+
+def _fit(encoder: Encoder, prompt: list[int], answers: list[list[int]]) -> tuple[list[int], list[list[int]], bool]:
+    """BOS + prompt and the answers, within cutoff_len."""
     limit = encoder.cutoff_len - len(encoder.bos)
-    longest = max(len(answer_c), len(answer_r))
+    longest = max(map(len, answers))
     truncated = len(prompt) + longest > limit
     if truncated:
         # The prompt gives way first, losing its start (its end leads into the answers); it keeps
@@ -169,8 +233,8 @@ def _sample(encoder: Encoder, chosen, rejected) -> PairSample:
         budget = max(limit - longest, min(len(prompt), limit // 2))
         prompt = prompt[len(prompt) - budget :] if budget else []
         room = limit - len(prompt)
-        answer_c, answer_r = (a if len(a) <= room else a[: room - 1] + a[-1:] for a in (answer_c, answer_r))
-    return PairSample(encoder.bos + prompt, answer_c, answer_r, truncated)
+        answers = [a if len(a) <= room else a[: room - 1] + a[-1:] for a in answers]
+    return encoder.bos + prompt, answers, truncated
 
 
 def _split(tokenized) -> tuple[list[int], list[int]]:

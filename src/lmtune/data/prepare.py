@@ -24,7 +24,7 @@ from lmtune.config import DataConfig
 from lmtune.data.encode import Encoder, Sample, adds_bos
 from lmtune.data.hub import fingerprint
 from lmtune.data.load import LoadReport, load_data
-from lmtune.data.pref import PAIR_STAGES, encode_pairs
+from lmtune.data.pref import LABEL_STAGES, PAIR_STAGES, encode_labeled, encode_pairs
 from lmtune.data.pretrain import document_samples
 from lmtune.data.registry import resolve_datasets
 
@@ -46,9 +46,10 @@ class Prepared:
 
 
 def prepare(data: DataConfig, encoder: Encoder, seed: int) -> Prepared:
-    if data.stage in PAIR_STAGES:  # not cached: the cache holds SFT samples, and pairs encode in seconds
+    if data.stage in PAIR_STAGES + LABEL_STAGES:  # not cached: the cache holds SFT samples, and these encode in seconds
         loaded = load_data(data, encoder.tokenizer, seed)
-        return Prepared(encode_pairs(loaded.train, encoder), encode_pairs(loaded.dev, encoder), loaded.report)
+        encode = encode_pairs if data.stage in PAIR_STAGES else encode_labeled
+        return Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
     folder = Path(data.cache_dir) / "encoded" / cache_key(data, encoder, seed) if data.cache else None
     if folder and (cached := _read_cache(folder)):
         log.info("data: encoded samples from the cache %s", folder)

@@ -9,7 +9,7 @@
      "orca":  {"hf_hub_url": "Open-Orca/OpenOrca", "columns": {"prompt": "question", "response": "response"}}}
 
 Every key of an entry is either honoured or refused by name, and so is every kind of data the run's
-stage cannot train (preference pairs outside data.stage: dpo, KTO labels, images/videos/audios unless
+stage cannot train (preference pairs outside data.stage: dpo/rm, KTO labels outside kto, images/videos/audios unless
 data.drop_media):
 one message per dataset, before anything is read. Plain `data.path` entries become unnamed specs
 of their own (named by file stem), so the loader sees one list of datasets either way.
@@ -25,7 +25,7 @@ from typing import Any
 
 from lmtune.config import DataConfig
 from lmtune.data.hub import HubSource
-from lmtune.data.pref import PAIR_STAGES
+from lmtune.data.pref import LABEL_STAGES, PAIR_STAGES
 from lmtune.data.readers import data_files
 from lmtune.errors import DataError
 from lmtune.files import read_json
@@ -194,7 +194,7 @@ def _refuse_kind(entry: dict[str, Any], where: str, data: DataConfig) -> None:
     pairs = entry.get("ranking") or "chosen" in columns or "rejected" in columns
     if pairs and data.stage not in PAIR_STAGES:
         raise DataError(preference_data(where, "ranking: true" if entry.get("ranking") else "chosen/rejected columns"))
-    if "kto_tag" in columns:
+    if "kto_tag" in columns and data.stage not in LABEL_STAGES:
         raise DataError(kto_data(where, columns["kto_tag"]))
     media = [key for key in MEDIA if key in columns]
     if media and not data.drop_media:
@@ -207,8 +207,8 @@ def preference_data(what: str, sign: str) -> str:
 
 
 def kto_data(what: str, column: str) -> str:
-    return (f"{what} is KTO data (kto_tag column '{column}' labels each answer desirable or not); it needs a KTO "
-            "stage (planned in issue 16): as SFT data its undesirable answers would be trained as good ones")
+    return (f"{what} is KTO data (kto_tag column '{column}' labels each answer desirable or not); train it with "
+            "data.stage: kto (as SFT data its undesirable answers would be trained as good ones)")
 
 
 def multimodal_data(what: str, kind: str, column: str) -> str:
@@ -225,10 +225,11 @@ def check_record(record: dict[str, Any], spec: DatasetSpec, data: DataConfig, wh
     chosen, rejected = columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
     if chosen in record and rejected in record and data.stage not in PAIR_STAGES:
         raise DataError(preference_data(what, f"fields '{chosen}' and '{rejected}'"))
-    if columns.get("kto_tag", "kto_tag") in record:
-        raise DataError(kto_data(what, columns.get("kto_tag", "kto_tag")))
-    if isinstance(record.get("label"), bool):  # TRL's KTO layout: an answer with label true/false
-        raise DataError(kto_data(what, "label"))
+    if data.stage not in LABEL_STAGES:
+        if columns.get("kto_tag", "kto_tag") in record:
+            raise DataError(kto_data(what, columns.get("kto_tag", "kto_tag")))
+        if isinstance(record.get("label"), bool):  # TRL's KTO layout: an answer with label true/false
+            raise DataError(kto_data(what, "label"))
     media = [(kind, column) for kind, column in media_columns(spec).items() if record.get(column)]
     if media and not data.drop_media:
         raise DataError(multimodal_data(what, *media[0]))

@@ -1,6 +1,7 @@
 """Preference training on TRL's trainers, fed samples already rendered by lmtune's template, with
-lmtune's callbacks: data.stage dpo (DPOTrainer, with one more guard: the reference must not move)
-and rm (RewardTrainer: a one-score head on the same base, trained to score chosen above rejected)."""
+lmtune's callbacks: data.stage dpo (DPOTrainer) and kto (KTOTrainer), each with one more guard: the
+reference must not move; and rm (RewardTrainer: a one-score head on the same base, trained to score
+chosen above rejected)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from trl import DPOTrainer, RewardTrainer
+from trl import DPOTrainer, KTOTrainer, RewardTrainer
 
 from lmtune.config import RunConfig
-from lmtune.data.pref import PairSample
+from lmtune.data.pref import LabeledSample, PairSample
 from lmtune.data.prepare import Prepared
 from lmtune.errors import ConfigError
 from lmtune.train.callbacks import MetricsFile, ProgressLines
@@ -30,6 +31,11 @@ def build_pref_trainer(config: RunConfig, model, tokenizer, data: Prepared, chec
         from trl.trainer.reward_trainer import DataCollatorForPreference
 
         settings, trainer_class, row, extra = RewardConfig, PairRewardTrainer, PairSample.whole_row, {}
+    elif config.data.stage == "kto":
+        from trl import KTOConfig
+        from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference as DataCollatorForPreference
+
+        settings, trainer_class, row, extra = KTOConfig, LabeledKTOTrainer, LabeledSample.row, {"ref_model": None}
     else:
         from trl import DPOConfig
         from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -38,7 +44,7 @@ def build_pref_trainer(config: RunConfig, model, tokenizer, data: Prepared, chec
         settings, trainer_class, row, extra = DPOConfig, PairDPOTrainer, PairSample.row, {"ref_model": None}
     args = trl_arguments(settings, config, bool(data.dev))
     collator = CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id))
-    guard = ReferenceGuard() if config.data.stage == "dpo" else None
+    guard = ReferenceGuard() if "ref_model" in extra else None
     trainer = trainer_class(
         model=model,
         args=args,
@@ -96,11 +102,17 @@ def _arguments(config: RunConfig, has_dev: bool) -> dict:
         args.setdefault("eval_steps", 0.1)
     # The answers' ends are kept by lmtune's own truncation (data.pref), so TRL must not cut again.
     args["max_length"] = None
-    if config.data.stage == "dpo":
-        pref = config.pref
+    pref = config.pref
+    if config.data.stage in ("dpo", "kto"):
         args.update(beta=pref.beta, precompute_ref_log_probs=pref.reference == "precomputed")
+    if config.data.stage == "dpo":
         args["loss_type"] = [pref.loss] + (["sft"] if pref.ftx else [])
         args["loss_weights"] = [1.0, pref.ftx] if pref.ftx else None
+    if config.data.stage == "kto":
+        args.update(desirable_weight=pref.desirable_weight, undesirable_weight=pref.undesirable_weight)
+        # KTO's KL estimate pairs each prompt with its batch neighbour's answer, fixed when the data is
+        # prepared, so batches must come in order (lmtune's split has already shuffled the data).
+        args["train_sampling_strategy"] = "sequential"
     return args
 
 
@@ -125,6 +137,19 @@ class PairDPOTrainer(NoModelCard, DPOTrainer):
         # The pairs arrive as prompt_ids/chosen_ids/rejected_ids rendered by lmtune's template; TRL's
         # own preparation would render text prompts through the tokenizer's chat template instead.
         return dataset
+
+
+class LabeledKTOTrainer(NoModelCard, KTOTrainer):
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        # Rows arrive as prompt_ids/completion_ids/label rendered by lmtune's template; only TRL's
+        # mismatched answers for the KL estimate are added: each batch's answers rotated by one.
+        if not self.calculate_KL:
+            return dataset
+
+        def rotated(batch):
+            return {"KL_completion_ids": batch["completion_ids"][-1:] + batch["completion_ids"][:-1]}
+
+        return dataset.map(rotated, batched=True, batch_size=args.per_device_train_batch_size)
 
 
 class PairRewardTrainer(NoModelCard, RewardTrainer):
@@ -159,7 +184,7 @@ class ReferenceGuard(TrainerCallback):
         moved = [name for name, value in self.before.items() if after.get(name) != value]
         if moved:
             raise TrainingStopped(
-                f"the reference model changed during training ({len(moved)} tensors, e.g. {moved[0]}): the DPO loss "
+                f"the reference model changed during training ({len(moved)} tensors, e.g. {moved[0]}): the loss "
                 "compared the model with itself. Train an adapter (finetune.method: lora) or set pref.reference: precomputed"
             )
 

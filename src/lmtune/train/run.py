@@ -13,7 +13,7 @@ from lmtune.config import RunConfig, resolve_paths, save_run_config
 from lmtune.data.encode import Collator, Encoder, Sample
 from lmtune.data.load import LoadReport
 from lmtune.data.pack import PackedCollator, check_packing_supported, pack, uses_flash_attention
-from lmtune.data.pref import PAIR_STAGES
+from lmtune.data.pref import TRL_STAGES
 from lmtune.data.prepare import Prepared, prepare
 from lmtune.data.pretrain import blocks
 from lmtune.data.registry import resolve_datasets
@@ -83,7 +83,7 @@ def train(config: RunConfig) -> TrainResult:
         log.info("resuming from %s (step %d)", checkpoint, step_of(checkpoint))
     elif config.train.resume == "auto":
         log.info("resume: auto found no complete checkpoint in %s; starting at step 1", output_dir)
-    if config.data.stage in PAIR_STAGES:
+    if config.data.stage in TRL_STAGES:
         from lmtune.train.pref import build_pref_trainer  # TRL is imported only for preference runs
 
         trainer = build_pref_trainer(config, model, tokenizer, data, checkpoint, main)
