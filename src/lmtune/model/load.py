@@ -6,11 +6,15 @@ import logging
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from lmtune.errors import ConfigError, ModelError
 from lmtune.files import check_model_files, read_json
 
 log = logging.getLogger(__name__)
+# Per-shard loading bars say nothing on small models. Set here, where models are loaded, rather than
+# at start-up: importing transformers takes half a second that `lmtune --help` or `templates` need not pay.
+hf_logging.disable_progress_bar()
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -87,22 +91,27 @@ def quantization(q, what: str = "finetune.method: qlora", instead: str = "use me
     )
 
 
-def load_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = False, quantization_config=None):
-    from transformers import AutoModelForCausalLM
+def load_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = False, quantization_config=None,
+               reward: bool = False):
+    """The causal LM, or with reward=True the same base with a one-score head (data.stage: rm)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     path = check_model_dir(path)
     check_model_files(path)
     torch_dtype = resolve_dtype(dtype)
+    auto, extra = (AutoModelForSequenceClassification, {"num_labels": 1}) if reward else (AutoModelForCausalLM, {})
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             path,
             dtype=torch_dtype,
             trust_remote_code=trust_remote_code,
             local_files_only=True,
             quantization_config=quantization_config,
+            **extra,
         )
     except (OSError, ValueError) as exc:
-        raise ModelError(f"could not load a causal LM from '{path}': {' '.join(str(exc).split())}") from exc
+        kind = "reward model" if reward else "causal LM"
+        raise ModelError(f"could not load a {kind} from '{path}': {' '.join(str(exc).split())}") from exc
     if torch.cuda.is_available() and quantization_config is None:  # quantised weights are placed on load
         model.to("cuda")
     return model
@@ -110,7 +119,7 @@ def load_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = 
 
 def align_special_tokens(model, tokenizer) -> None:
     """The model's config must know the pad/eos the tokenizer uses, or generate pads with the wrong id."""
-    for config in (model.config, model.generation_config):
+    for config in (model.config, getattr(model, "generation_config", None)):  # a reward model has none
         if config is not None:
             config.pad_token_id = tokenizer.pad_token_id
             config.eos_token_id = tokenizer.eos_token_id
