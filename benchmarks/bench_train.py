@@ -42,9 +42,12 @@ LEVERS = {
     "random-order": {"train.train_sampling_strategy": "random"},
     "lora-dropout-0": {"finetune.lora.dropout": 0.0},
     "lora-dropout-0.05": {"finetune.lora.dropout": 0.05},
+    "checkpointing": {"train.gradient_checkpointing": True},
     "compile": {"train.torch_compile": True},
     "bf16-autocast": {"train.bf16": True},
 }
+# LLaMA-Factory as it comes, and without the gradient checkpointing it turns on by default.
+PEERS = {"LLaMA-Factory": {}, "LLaMA-Factory, no checkpointing": {"disable_gradient_checkpointing": True}}
 
 
 def records(n: int, seed: int = 0, sigma: float = 0.9) -> list[dict]:
@@ -115,10 +118,10 @@ def run_lmtune(work: Path, data: Path, model: Path, name: str) -> dict:
     return {"seconds": seconds, "peak": peak, "train loss": sum(losses) / len(losses), "out": folder / "out"}
 
 
-def run_peer(cli: str, work: Path, data: Path, model: Path) -> dict:
-    """The same job through LLaMA-Factory with its defaults (lora_dropout 0, no packing, one
-    preprocessing process), from a fresh datasets cache."""
-    folder = work / "llamafactory"
+def run_peer(cli: str, work: Path, data: Path, model: Path, name: str) -> dict:
+    """The same job through LLaMA-Factory with its defaults (lora_dropout 0, no packing, gradient
+    checkpointing, one preprocessing process) and PEERS[name], from a fresh datasets cache."""
+    folder = work / name.replace(" ", "").replace(",", "-")
     folder.mkdir()
     (folder / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": str(data)}}))
     config = {
@@ -126,7 +129,7 @@ def run_peer(cli: str, work: Path, data: Path, model: Path) -> dict:
         "lora_target": "all", "lora_rank": 8, "lora_alpha": 16, "dataset": "bench", "dataset_dir": str(folder),
         "template": "alpaca", "cutoff_len": CUTOFF, "overwrite_cache": True, "output_dir": str(folder / "out"),
         "per_device_train_batch_size": 8, "learning_rate": 1e-3, "num_train_epochs": 1, "logging_steps": 10,
-        "report_to": "none", "seed": 0,
+        "report_to": "none", "seed": 0, **PEERS[name],
     }
     (folder / "config.yaml").write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in config.items()))
     env = {**os.environ, "HF_DATASETS_CACHE": str(folder / "hf-cache"), "HF_HUB_OFFLINE": "1",
@@ -236,7 +239,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--sigma", type=float, default=0.9, help="spread of the answer lengths (lognormal)")
     parser.add_argument("--cutoff", type=int, default=512)
-    parser.add_argument("--levers", default=",".join(LEVERS), help=f"comma-separated, of: {', '.join(LEVERS)}")
+    parser.add_argument("--levers", default="default,checkpointing", help=f"comma-separated, of: {', '.join(LEVERS)}")
     parser.add_argument("--peer", help="llamafactory-cli of a LLaMA-Factory install, to run the same job through it")
     parser.add_argument("--profile", action="store_true", help="profile steps 3-10 of the default job instead")
     parser.add_argument("--work", help="keep the runs in this folder (default: a temporary one)")
@@ -249,8 +252,8 @@ def main() -> None:
         if args.profile:
             return profile(data, model, work)
         results = {}
-        if args.peer:
-            results["LLaMA-Factory"] = run_peer(args.peer, work, data, model)
+        for name in PEERS if args.peer else ():
+            results[name] = run_peer(args.peer, work, data, model, name)
         for name in args.levers.split(","):
             results[f"lmtune {name}"] = run_lmtune(work, data, model, name)
         for result in results.values():

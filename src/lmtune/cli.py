@@ -230,9 +230,6 @@ def _setup_logging(debug: bool) -> None:
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     logging.getLogger("lmtune").setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # per-shard loading bars say nothing on small models
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*pin_memory.*")
 
