@@ -43,8 +43,9 @@ LEVERS = {
     "lora-dropout-0": {"finetune.lora.dropout": 0.0},
     "lora-dropout-0.05": {"finetune.lora.dropout": 0.05},
     "checkpointing": {"train.gradient_checkpointing": True},
-    "compile": {"train.torch_compile": True},
     "bf16-autocast": {"train.bf16": True},
+    "checkpointing+bf16": {"train.gradient_checkpointing": True, "train.bf16": True},
+    "compile": {"train.torch_compile": True},
 }
 # LLaMA-Factory as it comes, and without the gradient checkpointing it turns on by default.
 PEERS = {"LLaMA-Factory": {}, "LLaMA-Factory, no checkpointing": {"disable_gradient_checkpointing": True}}
@@ -219,8 +220,8 @@ CATEGORIES = [  # first match wins; names are torch operators (aten::) and the l
     ("data collation", r"^data collation"),
     ("lmtune callbacks, logging", r"^lmtune callback"),
     ("optimizer", r"Optimizer|_foreach|adam|^aten::(addcdiv|addcmul|lerp|sqrt)"),
-    ("attention (sdpa, softmax, mask)", r"scaled_dot_product|_flash|attention|softmax|^aten::(where|masked_fill|tril|triu)"),
     ("loss (cross-entropy)", r"cross_entropy|nll_loss|log_softmax"),
+    ("attention (sdpa, softmax, mask)", r"scaled_dot_product|_flash|attention|softmax|^aten::(where|masked_fill|tril|triu)"),
     ("matmuls (base and LoRA)", r"^aten::(mm|addmm|bmm|matmul|linear)$"),
     ("dropout", r"dropout|bernoulli"),
     ("norms, activations, rotary (elementwise)", r"^aten::(mul|add|sub|div|pow|rsqrt|mean|silu|neg|cat|sum|exp|cos|sin|_to_copy|copy_|fill_|zero_|clone|contiguous|sigmoid|silu_backward|threshold|rsub)"),
