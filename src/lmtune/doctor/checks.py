@@ -92,12 +92,6 @@ def gpus(torch) -> list[dict]:
     return found
 
 
-def cpu_bf16(torch) -> str | None:
-    """The CPU's native bf16 instructions, if any (without them bf16 is emulated, slower than fp32)."""
-    probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
-    return next((name for name, probe in probes if getattr(torch.cpu, probe, lambda: False)()), None) if torch else None
-
-
 def fp16_only_gpus() -> list[dict]:
     return [g for g in gpus(torch_module()) if not g["bf16"]]
 
@@ -158,10 +152,7 @@ def check_gpus() -> Check:
     torch = torch_module()
     found = gpus(torch)
     if not found:
-        native = cpu_bf16(torch)
-        cpu = (f"; this CPU does bf16 natively ({native}): train.bf16: true trains faster (benchmarks/RESULTS.md)"
-               if native else "; this CPU has no native bf16, so keep training in fp32")
-        return Check("GPUs", "skip", f"no CUDA GPU visible: lmtune trains, chats and serves on CPU (slowly){cpu}",
+        return Check("GPUs", "skip", "no CUDA GPU visible: lmtune trains, chats and serves on CPU (slowly)",
                      "on a GPU machine, see the CUDA versions and CUDA_VISIBLE_DEVICES checks")
     rows = "; ".join(f"{g['index']}: {g['name']} {g['memory_gib']:.0f} GiB sm_{g['capability'][0]}{g['capability'][1]} "
                      f"bf16 {'yes' if g['bf16'] else 'no'}" for g in found)
