@@ -88,12 +88,17 @@ LAYOUTS = {
 }
 
 
-def test_every_layout_gives_the_same_pair(tmp_path, tokenizer):
-    encoder = Encoder(tokenizer, template_for("qwen", tokenizer, None), 64)
+def encoded_layouts(folder, layouts: dict, stage: str, encode, encoder) -> dict:
+    """Each layout's one record, loaded for the stage and encoded."""
     encoded = {}
-    for name, record in LAYOUTS.items():
-        pairs = load_data(DataConfig(path=[str(write_json(tmp_path / f"{name}.jsonl", [record], jsonl=True))], stage="dpo")).train
-        encoded[name] = encode_pairs(pairs, encoder)[0]
+    for name, record in layouts.items():
+        loaded = load_data(DataConfig(path=[str(write_json(folder / f"{name}.jsonl", [record], jsonl=True))], stage=stage)).train
+        encoded[name] = encode(loaded, encoder)[0]
+    return encoded
+
+
+def test_every_layout_gives_the_same_pair(tmp_path, tokenizer):
+    encoded = encoded_layouts(tmp_path, LAYOUTS, "dpo", encode_pairs, Encoder(tokenizer, template_for("qwen", tokenizer, None), 64))
     first = encoded["alpaca"]
     assert all(s == first for s in encoded.values())
     assert tokenizer.decode(first.chosen_ids) == "Hello!<|im_end|>" and not first.truncated
@@ -220,3 +225,22 @@ def test_bad_kto_records_name_their_line(tmp_path, record, message):
     path = write_json(tmp_path / "bad.jsonl", [{"prompt": "Hi", "completion": "Hello!", "label": True}, record], jsonl=True)
     with pytest.raises(DataError, match=f"^{re.escape(str(path))}:2: .*{re.escape(message)}"):
         load_data(DataConfig(path=[str(path)], stage="kto"))
+
+
+@pytest.mark.parametrize("loss", ["orpo", "simpo"])
+def test_reference_free_losses_learn_the_chosen_ending(tmp_path, llama_dir, loss):
+    from lmtune.infer.engine import load_engine
+
+    rows = marked_pairs([r["instruction"] for r in RECORDS[:2]], ANSWERS)
+    data = write_json(tmp_path / "pairs.json", rows)
+    if preference_accuracy(load_engine(str(llama_dir), None, "alpaca"), load_data(DataConfig(path=[str(data)], stage="dpo")).train, 128, 16)["accuracy"] > 0.5:
+        data = write_json(tmp_path / "pairs.json", [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows])  # the base's dispreferred ending is chosen
+    pairs = load_data(DataConfig(path=[str(data)], stage="dpo")).train
+    config = dpo_config(llama_dir, data, tmp_path / "out", loss=loss, beta=0.1)
+    config.train.max_steps = 12
+    result = train(config)
+
+    assert preference_accuracy(load_engine(None, str(result.output_dir)), pairs, 128, 16)["accuracy"] == 1.0
+    logged = [r for r in read_metrics(result.output_dir) if "loss" in r]
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins"} <= set(logged[-1])
+    assert logged[-1]["rewards/margins"] > logged[0]["rewards/margins"]

@@ -66,13 +66,14 @@ class DataConfig(Section):
     )
     template_file: str | None = Field(None, description="YAML file with templates of your own (same shape as the registry).")
     template: str = Field("alpaca", description="Prompt template name (`lmtune templates`), or auto: the tokenizer's chat_template.")
-    stage: Literal["sft", "pt", "dpo", "rm", "kto"] = Field(
+    stage: Literal["sft", "pt", "dpo", "rm", "kto", "grpo"] = Field(
         "sft",
         description="sft: conversations through the template; pt: continued pre-training on raw text, documents "
         "joined with EOS and cut into cutoff_len blocks (packed per document with data.packing), nothing dropped; "
         "dpo: preference pairs (a prompt, a chosen and a rejected answer) on TRL's DPOTrainer, settings in `pref`; "
         "rm: a reward model (one score per answer) trained on the same pairs with TRL's RewardTrainer; "
-        "kto: single answers labelled desirable or not, on TRL's KTOTrainer.",
+        "kto: single answers labelled desirable or not, on TRL's KTOTrainer; "
+        "grpo: prompts (with optional reference answers) the model answers while it trains, scored by `grpo.rewards`, on TRL's GRPOTrainer.",
     )
     train_on: Literal["all_assistant", "last_assistant", "all"] = Field(
         "all_assistant", description="Trained tokens: every answer, the last answer only, or everything."
@@ -341,13 +342,47 @@ class PrefConfig(Section):
     beta: float = Field(0.1, gt=0, description="How far the model may move from the reference (higher = less far).")
     desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the desirable answers' loss.")
     undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the undesirable answers' loss (raise it when they are fewer).")
-    loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss: sigmoid (DPO), ipo or hinge (SLiC).")
+    loss: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = Field(
+        "sigmoid", description="DPO loss: sigmoid (DPO), ipo or hinge (SLiC); or orpo, simpo: no reference model "
+        "(TRL's experimental ORPOTrainer, CPOTrainer; beta is ORPO's lambda, SimPO's beta).",
+    )
     ftx: float = Field(0.0, ge=0, description="Weight of an SFT loss on the chosen answer, added to the DPO loss (0 = none).")
     reference: Literal["model", "precomputed"] = Field(
         "model",
         description="model: the reference scores each batch (with LoRA the base, adapter switched off; no second copy); "
         "precomputed: its log-probs computed once before training, then it is freed.",
     )
+
+
+class GrpoConfig(Section):
+    """GRPO (data.stage: grpo) on TRL's GRPOTrainer: each prompt is answered num_generations times,
+    and each answer is trained towards or away from by how its reward compares with the group's."""
+
+    num_generations: int = Field(8, ge=2, description="Answers sampled per prompt; train.per_device_train_batch_size counts answers and must be a multiple.")
+    max_new_tokens: int = Field(256, gt=0, description="Most tokens per sampled answer (data.cutoff_len bounds the prompt).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")
+    rewards: list[str] | dict[str, float] = Field(
+        ["exact_match"],
+        description="Reward functions, summed: a list, or a mapping to weights. exact_match: 1 if the answer (stripped) is the "
+        "reference; format:REGEX: 1 if the regex matches the whole answer; length: -tokens/max_new_tokens; length:N: "
+        "-|tokens-N|/N; path/module.py:function: yours, called with (prompts, completions, references), one number per completion.",
+    )
+    beta: float = Field(
+        0.0, ge=0, description="KL penalty towards the reference (0 = none, TRL's default; then no reference is kept at all). "
+        "With LoRA the reference is the base, adapter switched off.",
+    )
+    use_vllm: bool = Field(False, description="Sample with vLLM (colocated on the training GPU) instead of transformers' generate.")
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_rewards(cls, rewards: list[str] | dict[str, float]) -> list[str] | dict[str, float]:
+        from lmtune.train.rewards import check_spec
+
+        if not rewards:
+            raise ValueError("give at least one reward function")
+        for spec in rewards:
+            check_spec(spec)
+        return rewards
 
 
 class RunConfig(Section):
@@ -357,6 +392,7 @@ class RunConfig(Section):
     train: TrainConfig
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     pref: PrefConfig = Field(default_factory=PrefConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
 
 
 # ---------------------------------------------------------------- YAML
@@ -448,7 +484,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "finetune": FinetuneConfig, "train": TrainConfig, "generate": GenerateConfig,
-             "pref": PrefConfig}
+             "pref": PrefConfig, "grpo": GrpoConfig}
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:

@@ -22,7 +22,16 @@ from lmtune.config import DataConfig
 from lmtune.data.filters import apply_filters
 from lmtune.data.formats import detect_format, to_conversation
 from lmtune.data.hub import hub_records
-from lmtune.data.pref import LABEL_STAGES, PAIR_STAGES, detect_labeled_format, detect_pair_format, to_labeled, to_pair
+from lmtune.data.pref import (
+    LABEL_STAGES,
+    PAIR_STAGES,
+    PROMPT_STAGES,
+    detect_labeled_format,
+    detect_pair_format,
+    to_labeled,
+    to_pair,
+)
+from lmtune.data.prompts import detect_prompt_format, to_prompted
 from lmtune.data.readers import RawRecord, open_records
 from lmtune.data.records import Conversation
 from lmtune.data.registry import DatasetSpec, check_record, media_columns, resolve_datasets
@@ -158,9 +167,8 @@ def load_data(data: DataConfig, tokenizer=None, seed: int = 42) -> LoadedData:
 
 
 def read_dataset(spec: DatasetSpec, data: DataConfig, report: LoadReport) -> list[Conversation]:
-    convs, pairs, labeled = [], data.stage in PAIR_STAGES, data.stage in LABEL_STAGES
-    detect = detect_pair_format if pairs else detect_labeled_format if labeled else detect_format
-    convert = to_pair if pairs else to_labeled if labeled else to_conversation
+    convs = []
+    detect, convert = _READERS.get(data.stage, (detect_format, to_conversation))
     for source, encoding, records in open_sources(spec, data):
         file_report = report.files.setdefault(source, FileReport(source, spec.name, encoding))
         file_format = None if spec.format == "auto" else spec.format
@@ -178,6 +186,12 @@ def read_dataset(spec: DatasetSpec, data: DataConfig, report: LoadReport) -> lis
             convs.append(conv)
         file_report.format = file_format or "unknown"
     return convs
+
+
+# How each stage's records are read: the SFT formats, or the stage's own layouts on top of them.
+_READERS = {**{stage: (detect_pair_format, to_pair) for stage in PAIR_STAGES},
+            **{stage: (detect_labeled_format, to_labeled) for stage in LABEL_STAGES},
+            **{stage: (detect_prompt_format, to_prompted) for stage in PROMPT_STAGES}}
 
 
 def open_sources(spec: DatasetSpec, data: DataConfig) -> Iterator[tuple[str, str, Iterator[RawRecord]]]:

@@ -29,7 +29,8 @@ from lmtune.errors import DataError, RecordError
 
 PAIR_STAGES = ("dpo", "rm")
 LABEL_STAGES = ("kto",)
-TRL_STAGES = PAIR_STAGES + LABEL_STAGES  # trained by lmtune.train.pref on TRL's trainers
+PROMPT_STAGES = ("grpo",)  # prompts the model answers while it trains (lmtune.data.prompts)
+TRL_STAGES = PAIR_STAGES + LABEL_STAGES + PROMPT_STAGES  # trained by lmtune.train.pref on TRL's trainers
 _TAGS = {"sharegpt": SHAREGPT_TAGS, "messages": MESSAGES_TAGS}
 _MESSAGE_COLUMN = {"sharegpt": "conversations", "messages": "messages"}
 

@@ -24,8 +24,9 @@ from lmtune.config import DataConfig
 from lmtune.data.encode import Encoder, Sample, adds_bos
 from lmtune.data.hub import fingerprint
 from lmtune.data.load import LoadReport, load_data
-from lmtune.data.pref import LABEL_STAGES, PAIR_STAGES, encode_labeled, encode_pairs
+from lmtune.data.pref import PAIR_STAGES, PROMPT_STAGES, TRL_STAGES, encode_labeled, encode_pairs
 from lmtune.data.pretrain import document_samples
+from lmtune.data.prompts import encode_prompts
 from lmtune.data.registry import resolve_datasets
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,9 @@ class Prepared:
 
 
 def prepare(data: DataConfig, encoder: Encoder, seed: int) -> Prepared:
-    if data.stage in PAIR_STAGES + LABEL_STAGES:  # not cached: the cache holds SFT samples, and these encode in seconds
+    if data.stage in TRL_STAGES:  # not cached: the cache holds SFT samples, and these encode in seconds
         loaded = load_data(data, encoder.tokenizer, seed)
-        encode = encode_pairs if data.stage in PAIR_STAGES else encode_labeled
+        encode = encode_pairs if data.stage in PAIR_STAGES else encode_prompts if data.stage in PROMPT_STAGES else encode_labeled
         return Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
     folder = Path(data.cache_dir) / "encoded" / cache_key(data, encoder, seed) if data.cache else None
     if folder and (cached := _read_cache(folder)):

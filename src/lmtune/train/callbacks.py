@@ -122,6 +122,8 @@ class ProgressLines(TrainerCallback):
         status = f"loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.2e}  grad norm {'-' if grad is None else f'{grad:.3f}'}"
         if "rewards/margins" in logs:
             status += f"  margin {logs['rewards/margins']:.3f}  accuracy {logs.get('rewards/accuracies', 0):.0%}"
+        if "reward" in logs:  # GRPO: the sampled answers' mean reward and its spread
+            status += f"  reward {logs['reward']:.3f} ± {logs.get('reward_std', 0):.3f}"
         if self.bar:
             self.bar.update(self.task, status=status)
         else:

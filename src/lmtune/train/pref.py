@@ -1,7 +1,8 @@
 """Preference training on TRL's trainers, fed samples already rendered by lmtune's template, with
 lmtune's callbacks: data.stage dpo (DPOTrainer) and kto (KTOTrainer), each with one more guard: the
-reference must not move; and rm (RewardTrainer: a one-score head on the same base, trained to score
-chosen above rejected)."""
+reference must not move; rm (RewardTrainer: a one-score head on the same base, trained to score
+chosen above rejected); grpo (GRPOTrainer, built in lmtune.train.grpo); and pref.loss orpo / simpo
+(no reference: TRL's experimental ORPOTrainer / CPOTrainer, in lmtune.train.reference_free)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ from lmtune.train.guards import Guards, TrainingStopped
 
 log = logging.getLogger(__name__)
 
+REFERENCE_FREE = ("orpo", "simpo")  # pref.loss values trained without a reference, in lmtune.train.reference_free
+
 
 def build_pref_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoint=None, main: bool = True):
-    from transformers import PrinterCallback
+    if config.data.stage == "grpo":
+        from lmtune.train.grpo import build_grpo_trainer
 
+        return build_grpo_trainer(config, model, tokenizer, data, checkpoint, main)
     if config.data.stage == "rm":
         from trl import RewardConfig
         from trl.trainer.reward_trainer import DataCollatorForPreference
@@ -36,6 +41,11 @@ def build_pref_trainer(config: RunConfig, model, tokenizer, data: Prepared, chec
         from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference as DataCollatorForPreference
 
         settings, trainer_class, row, extra = KTOConfig, LabeledKTOTrainer, LabeledSample.row, {"ref_model": None}
+    elif config.pref.loss in REFERENCE_FREE:
+        from lmtune.train.reference_free import DPODataCollatorWithPadding as DataCollatorForPreference
+        from lmtune.train.reference_free import trainer_parts
+
+        (settings, trainer_class), row, extra = trainer_parts(config.pref.loss), PairSample.row, {}
     else:
         from trl import DPOConfig
         from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -49,23 +59,32 @@ def build_pref_trainer(config: RunConfig, model, tokenizer, data: Prepared, chec
         model=model,
         args=args,
         data_collator=collator,
-        train_dataset=rows_dataset(data.train, row),
-        eval_dataset=rows_dataset(data.dev, row) if data.dev else None,
+        **datasets(data, row),
         processing_class=tokenizer,
         callbacks=callbacks(config, args, collator, checkpoint, main, [guard] if guard else []),
         **extra,
     )
+    return finished(trainer, guard, config)
+
+
+def datasets(data: Prepared, row) -> dict:
+    """The train and dev samples as the Trainer's datasets, a row(sample) each."""
+    from datasets import Dataset
+
+    return {"train_dataset": Dataset.from_list([row(s) for s in data.train]),
+            "eval_dataset": Dataset.from_list([row(s) for s in data.dev]) if data.dev else None}
+
+
+def finished(trainer, guard, config: RunConfig):
+    """The trainer with its reference settled for the guard, and without the Trainer's printer of raw
+    log dicts (ProgressLines says the same readably)."""
+    from transformers import PrinterCallback
+
     if guard:
         _base_as_reference(trainer.model, config)
         guard.trainer = trainer
     trainer.remove_callback(PrinterCallback)
     return trainer
-
-
-def rows_dataset(samples, row):
-    from datasets import Dataset
-
-    return Dataset.from_list([row(s) for s in samples])
 
 
 def callbacks(config: RunConfig, args, collator, checkpoint, main: bool, extra: list) -> list:
@@ -100,9 +119,17 @@ def _arguments(config: RunConfig, has_dev: bool) -> dict:
     if has_dev:
         args.setdefault("eval_strategy", "steps")
         args.setdefault("eval_steps", 0.1)
+    if config.data.stage == "grpo":
+        return {**args, **_grpo_arguments(config)}
     # The answers' ends are kept by lmtune's own truncation (data.pref), so TRL must not cut again.
     args["max_length"] = None
     pref = config.pref
+    if config.data.stage == "dpo" and pref.loss in REFERENCE_FREE:
+        if pref.loss == "orpo" and pref.ftx:
+            raise ConfigError("pref.ftx: ORPO's loss already holds an SFT term on the chosen answer; leave ftx at 0")
+        # beta is ORPO's lambda, SimPO's beta; SimPO's SFT term (CPO's alpha) is pref.ftx
+        args.update(beta=pref.beta, max_length=config.data.cutoff_len)  # max_length: only to quiet their warning
+        return {**args, **({"loss_type": "simpo", "cpo_alpha": pref.ftx} if pref.loss == "simpo" else {})}
     if config.data.stage in ("dpo", "kto"):
         args.update(beta=pref.beta, precompute_ref_log_probs=pref.reference == "precomputed")
     if config.data.stage == "dpo":
@@ -114,6 +141,18 @@ def _arguments(config: RunConfig, has_dev: bool) -> dict:
         # prepared, so batches must come in order (lmtune's split has already shuffled the data).
         args["train_sampling_strategy"] = "sequential"
     return args
+
+
+def _grpo_arguments(config: RunConfig) -> dict:
+    grpo = config.grpo
+    return {
+        "num_generations": grpo.num_generations,
+        "max_completion_length": grpo.max_new_tokens,  # prompts are cut to data.cutoff_len by lmtune
+        "temperature": grpo.temperature,
+        "beta": grpo.beta,
+        "reward_weights": list(grpo.rewards.values()) if isinstance(grpo.rewards, dict) else None,
+        "use_vllm": grpo.use_vllm,
+    }
 
 
 def _base_as_reference(model, config: RunConfig) -> None:
@@ -164,8 +203,10 @@ class CountingCollator:
 
     def __call__(self, examples):
         batch = self.inner(examples)
-        self.tokens += int(batch["attention_mask"].sum())
-        self.slots += batch["attention_mask"].numel()
+        # ORPO/CPO's collator pads each side apart, each with its prompt; the others batch whole sequences
+        masks = [batch["attention_mask"]] if "attention_mask" in batch else [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
+        self.tokens += sum(int(m.sum()) for m in masks)
+        self.slots += sum(m.numel() for m in masks)
         self.samples += len(examples)
         return batch
 
