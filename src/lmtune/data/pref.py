@@ -18,14 +18,16 @@ field LLaMA-Factory's kto_tag column names).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lmtune.data.encode import Encoder
 from lmtune.data.formats import MESSAGES_TAGS, SHAREGPT_TAGS, detect_format, to_conversation, type_name
 from lmtune.data.records import ASSISTANT, Conversation
 from lmtune.errors import DataError, RecordError
+
+if TYPE_CHECKING:  # the registry reads this module's stage names; it need not import torch for them
+    from lmtune.data.encode import Encoder
 
 PAIR_STAGES = ("dpo", "rm")
 LABEL_STAGES = ("kto",)
