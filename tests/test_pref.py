@@ -152,6 +152,16 @@ def test_llama_factory_ranking_entry_trains_through_data_dataset(tmp_path, llama
     assert preference["pairs"] == 4 and 0 <= preference["accuracy"] <= 1
 
 
+def test_an_sft_run_is_scored_on_pairs_too_so_before_and_after_dpo_compare(tmp_path, full_run):
+    """`lmtune eval --data PAIRS` on a plain SFT run: the same preference accuracy a DPO run gets."""
+    wrong = [RECORDS[(i + 1) % len(RECORDS)]["output"] for i in range(len(RECORDS))]
+    pairs = write_json(tmp_path / "pairs.json", [{**r, "chosen": r["output"], "rejected": w} for r, w in zip(RECORDS, wrong)])
+    evaluated = lmtune("eval", "--model", full_run / "out", "--data", pairs, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    preference = json.loads(evaluated.stdout.strip().splitlines()[-1])["model"]["preference"]
+    assert preference["pairs"] == 4 and preference["accuracy"] == 1.0  # it memorised the chosen answers
+
+
 def marked_pairs(prompts, bodies):
     """Chosen answers end in 'Yes.', rejected ones in 'No.': a reward model can learn the word."""
     return [{"instruction": p, "input": "", "chosen": f"{b} Yes.", "rejected": f"{b} No."} for p in prompts for b in bodies]

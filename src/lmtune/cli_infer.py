@@ -208,6 +208,15 @@ def evaluate(
     console.print(f"results in {written}{report}")
 
 
+def _holds_pairs(data: Path) -> bool:
+    """Whether the file's first record is a preference pair (chosen and rejected)."""
+    from lmtune.data.pref import is_pair
+    from lmtune.data.readers import open_records
+
+    first = next(open_records(data)[1], None)
+    return bool(first and first.record and is_pair(first.record, None))
+
+
 def _suite(engine, run, data, choice, shots, limit):
     """The dev set (--data, else the split training held out) and the multiple-choice questions."""
     from lmtune.data.load import load_data
@@ -217,8 +226,11 @@ def _suite(engine, run, data, choice, shots, limit):
     from lmtune.infer.generate import to_item
 
     dev = questions = None
-    if run and run.data.stage in PAIR_STAGES:  # a preference run is scored on pairs: its dev split, or --data's
-        source = run.data.model_copy(update={"path": [str(data)], "dataset": [], "val_size": 0}) if data else run.data
+    # A preference run is scored on pairs (its dev split, or --data's); so is any run given pairs, so
+    # that the SFT model before DPO can be scored on the same pairs as after.
+    if run and (run.data.stage in PAIR_STAGES or (data and _holds_pairs(data))):
+        update = {"path": [str(data)], "dataset": [], "val_size": 0, "stage": "dpo"} if data else {}
+        source = run.data.model_copy(update=update)
         loaded = load_data(source, engine.tokenizer, run.train.seed)
         pairs = (loaded.train if data else loaded.dev)[:limit]
         cutoff = run.data.cutoff_len
