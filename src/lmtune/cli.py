@@ -52,7 +52,10 @@ def train(
     settings = load_config(config, overrides)  # a bad config fails here, once, before any launch
     if count := processes_wanted(nproc):
         raise typer.Exit(relaunch(count, [*(["--debug"] if _state["debug"] else []), "train", str(config), *overrides]))
-    result = run_training(settings)
+    try:
+        result = run_training(settings)
+    finally:
+        _leave_process_group()
     if not result.main_process:
         return
     console.print(f"[green]done[/]: average training loss {result.final_loss:.4f}")
@@ -224,6 +227,15 @@ def demo(
     )
     if result.matches < needed:
         raise typer.Exit(1)
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group before exiting: left to interpreter shutdown, gloo's
+    threads can abort a rank that has finished ('terminate called without an active exception')."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _setup_logging(debug: bool) -> None:
