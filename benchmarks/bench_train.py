@@ -31,6 +31,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from lmtune.config import apply_override
+
 WORDS = "the model learns to answer questions about data training tokens language city water time".split()
 LMTUNE = str(Path(sys.executable).parent / "lmtune")
 
@@ -104,11 +106,7 @@ def lmtune_config(data: Path, model: Path, out: Path, changes: dict) -> dict:
                   "per_device_train_batch_size": 8, "logging_steps": 10, "seed": 0},
     }
     for key, value in changes.items():
-        *sections, name = key.split(".")
-        node = config
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[name] = value
+        apply_override(config, f"{key}={json.dumps(value)}")  # as `lmtune train … key=value` would (JSON is YAML)
     return config
 
 
@@ -151,19 +149,7 @@ def dev_loss(model: Path, adapter: Path, dev: Path) -> float:
                           "--data", str(dev), "--max-new-tokens", "1", "--json"], capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"lmtune eval failed on {adapter}:\n{out.stderr}")
-    return _find(json.loads(out.stdout), "dev")["loss"]
-
-
-def _find(tree, key: str):
-    """The first value under `key` anywhere in a JSON tree."""
-    if isinstance(tree, dict):
-        if key in tree:
-            return tree[key]
-        tree = list(tree.values())
-    for item in tree if isinstance(tree, list) else []:
-        if (found := _find(item, key)) is not None:
-            return found
-    return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["model"]["dev"]["loss"]
 
 
 def profile(data: Path, model: Path, work: Path) -> None:

@@ -138,8 +138,7 @@ class _GrowingLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Rows leaving: one copy of the rest (DynamicLayer's would be copied again at the next update)."""
-        if self.get_seq_length():
-            length = self.get_seq_length()
+        if length := self.get_seq_length():
             self._rooms = tuple(room[indices] for room in self._rooms)
             self._show(length)
 

@@ -20,6 +20,7 @@ from lmtune.errors import ConfigError
 from lmtune.train.callbacks import MetricsFile, ProgressLines
 from lmtune.train.checkpoints import MarkComplete, step_of
 from lmtune.train.guards import Guards, TrainingStopped
+from lmtune.train.run import trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +107,9 @@ def trl_arguments(settings, config: RunConfig, has_dev: bool):
 
 
 def _arguments(config: RunConfig, has_dev: bool) -> dict:
-    args = config.train.training_arguments()
-    args.setdefault("remove_unused_columns", False)
-    args.setdefault("disable_tqdm", True)  # ProgressLines reports instead
-    args.setdefault("use_cpu", not torch.cuda.is_available())
-    args.setdefault("logging_nan_inf_filter", False)
-    # TRL turns checkpointing and bf16 on by default; lmtune keeps SFT's defaults (off; bf16 on GPUs that have it).
+    args = trainer_arguments(config, has_dev)
+    # TRL turns gradient checkpointing on by default; lmtune keeps SFT's default (off).
     args.setdefault("gradient_checkpointing", bool(args.get("activation_checkpointing")))
-    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and config.model.dtype in ("auto", "bfloat16")
-    args.setdefault("bf16", gpu_bf16)
-    args.setdefault("fp16", torch.cuda.is_available() and config.model.dtype == "float16")
-    if has_dev:
-        args.setdefault("eval_strategy", "steps")
-        args.setdefault("eval_steps", 0.1)
     if config.data.stage == "grpo":
         return {**args, **_grpo_arguments(config)}
     # The answers' ends are kept by lmtune's own truncation (data.pref), so TRL must not cut again.

@@ -216,29 +216,37 @@ def _batches(config: RunConfig, model, tokenizer, data: Prepared):
     return train_rows, dev_rows, collator
 
 
-def _build_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoint=None, main: bool = True):
-    from transformers import PrinterCallback, Trainer, TrainingArguments
-
-    train_rows, dev_rows, collator = _batches(config, model, tokenizer, data)
+def trainer_arguments(config: RunConfig, has_dev: bool) -> dict:
+    """The train section as TrainingArguments (or TRL's configs) take it, with lmtune's defaults for
+    what the user left unset; every stage starts from these."""
     args = config.train.training_arguments()
-    args.setdefault("remove_unused_columns", False)  # our collator needs input_ids and labels as they are
+    args.setdefault("remove_unused_columns", False)  # our collators need input_ids and labels as they are
     args.setdefault("disable_tqdm", True)  # ProgressLines reports instead
     args.setdefault("use_cpu", not torch.cuda.is_available())
     # HF logs a NaN/inf loss as the running average, which shows a broken run as loss 0; log it as it is
     # so the guards (and the user) see NaN.
     args.setdefault("logging_nan_inf_filter", False)
+    if has_dev:
+        args.setdefault("eval_strategy", "steps")
+        args.setdefault("eval_steps", 0.1)  # ten evaluations per run, whatever its length
+    # Mixed precision on GPUs only, in the model's half type; set either way, as TRL's configs would
+    # otherwise turn bf16 on by themselves, also on CPU.
+    half = resolve_dtype(config.model.dtype) if torch.cuda.is_available() else torch.float32
+    args.setdefault("bf16", half == torch.bfloat16)
+    args.setdefault("fp16", half == torch.float16)
+    return args
+
+
+def _build_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoint=None, main: bool = True):
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    train_rows, dev_rows, collator = _batches(config, model, tokenizer, data)
+    args = trainer_arguments(config, bool(dev_rows))
     if not config.data.packing and config.data.stage == "sft":
         # Batches of similar length (transformers' LengthGroupedSampler: shuffled, then sorted within
         # mega-batches of 50 batches): most of the padding goes, and the longest batch comes first,
         # so a run that would run out of memory does so at once.
         args.setdefault("train_sampling_strategy", "group_by_length")
-    if dev_rows:
-        args.setdefault("eval_strategy", "steps")
-        args.setdefault("eval_steps", 0.1)  # ten evaluations per run, whatever its length
-    half = resolve_dtype(config.model.dtype)
-    if torch.cuda.is_available() and half != torch.float32:
-        args.setdefault("bf16", half == torch.bfloat16)
-        args.setdefault("fp16", half == torch.float16)
     try:
         training_args = TrainingArguments(**args)
     except (TypeError, ValueError) as exc:
