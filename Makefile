@@ -29,7 +29,7 @@ demo: install
 	$(BIN)/lmtune demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 # Newest releases within pyproject's ranges, into a scratch venv, written to constraints.txt.
 # Then run `make clean test`: commit the new constraints only if the suite passes with them.

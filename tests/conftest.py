@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,10 +66,35 @@ def data_file(tmp_path) -> Path:
     return write_json(tmp_path / "train.json", RECORDS)
 
 
-def lmtune(*args, stdin=None, cwd=None):
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def lmtune(*args, stdin=None, cwd=None) -> Ran:
+    """`lmtune ARGS` through the real entry point, in this process: the import and start-up cost
+    is paid once per test run instead of once per command. An exception that escapes the command
+    ends up in stderr with its traceback and exit status 1, as the interpreter would print it."""
+    from typer.testing import CliRunner
+
+    from lmtune.cli import app
+
+    with contextlib.chdir(cwd or os.getcwd()):
+        result = CliRunner().invoke(app, [str(a) for a in args], input=stdin, prog_name="lmtune")
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
+    return Ran(result.exit_code, result.stdout, stderr)
+
+
+def lmtune_process(*args, stdin=None, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """`lmtune ARGS` as a user runs it: the console script, in a process of its own."""
+    script = Path(sys.executable).with_name("lmtune")
     return subprocess.run(
-        [sys.executable, "-m", "lmtune", *map(str, args)],
-        input=stdin, capture_output=True, text=True, encoding="utf-8", cwd=cwd, timeout=300,
+        [str(script), *map(str, args)],
+        input=stdin, capture_output=True, text=True, encoding="utf-8", cwd=cwd, env=env, timeout=300,
     )
 
 

@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-
-def lmtune(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "lmtune", *map(str, args)], capture_output=True, text=True, cwd=cwd, encoding="utf-8")
+from tests.conftest import lmtune
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,10 @@
 """Bad input: one clear line on stderr, exit status 2, no traceback (unless --debug)."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
 
-
-def lmtune(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "lmtune", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+from tests.conftest import lmtune
 
 
 @pytest.fixture

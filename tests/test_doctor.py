@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lmtune.cli import app
-from lmtune.doctor import Check, checks, exit_status, gpu, model as model_checks
+from lmtune.doctor import checks, gpu, model as model_checks
+from lmtune.doctor.check import Check, exit_status
 from tests.conftest import RECORDS, lmtune, write_config, write_json
 
 

@@ -1,6 +1,7 @@
 import torch
 
-from lmtune.infer.engine import _StopStrings, TextStream, cut_at_stop
+from lmtune.infer.engine import _StopStrings, TextStream
+from lmtune.templates.template import cut_at_stop
 
 
 def stream_pieces(tokenizer, ids, stops=()):

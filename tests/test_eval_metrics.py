@@ -1,11 +1,10 @@
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 from lmtune.evaluate.metrics import bleu4, has_loop, rouge_l, rouge_n, score, tokens
+from tests.conftest import lmtune
 
 
 def test_tokens_segment_chinese_into_words_and_english_into_lowercase_words():
@@ -53,11 +52,11 @@ def test_loops_and_never_stopped_answers_are_counted():
 def test_eval_predictions_cli_writes_json_beside_the_file(tmp_path):
     preds = tmp_path / "preds.jsonl"
     preds.write_text(json.dumps({"output": "北京是中国的首都", "prediction": "中国的首都是北京"}, ensure_ascii=False) + "\n", encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "lmtune", "eval", "--predictions", str(preds), "--json"], capture_output=True, text=True)
+    result = lmtune("eval", "--predictions", preds, "--json")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed["rouge-l"] == pytest.approx(60) and json.loads((tmp_path / "preds.metrics.json").read_text())["rouge-2"] == pytest.approx(50)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"output": "a"}\n', encoding="utf-8")
-    failed = subprocess.run([sys.executable, "-m", "lmtune", "eval", "--predictions", str(bad)], capture_output=True, text=True)
+    failed = lmtune("eval", "--predictions", bad)
     assert failed.returncode == 2 and "bad.jsonl:1: needs string fields 'prediction' and 'output' or 'reference'" in failed.stderr

@@ -8,9 +8,6 @@ reranker is not exercised here.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +22,8 @@ from lmtune.kb.loaders import collect_files, load_file
 from lmtune.kb.retrieve import Retriever, rrf
 from lmtune.kb.split import split_spans, split_text
 from lmtune.kb.store import FaissStore
+from tests.conftest import lmtune
 
-LMTUNE = str(Path(sys.executable).with_name("lmtune"))
 
 
 @pytest.fixture(scope="module")
@@ -304,25 +301,24 @@ def test_minilm_finds_the_right_passage_in_chinese_and_english(home, tmp_path):
     assert "Plants" in retriever.search("How do green leaves make food from light?", top_k=1, hybrid=False)[0].text
 
 
-def _lmtune(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([LMTUNE, "kb", *args], capture_output=True, text=True, env=env, timeout=300)
+def _lmtune(*args: str):
+    return lmtune("kb", *args)  # in-process; LMTUNE_HOME comes from the home fixture
 
 
 def test_cli_end_to_end(home, tmp_path, tiny_model):
-    env = {**os.environ, "LMTUNE_HOME": str(home)}
     docs = _corpus(tmp_path / "docs")
-    assert _lmtune("create", "cli", "--embedding", tiny_model, "--chunk-size", "80", "--overlap", "10", env=env).returncode == 0
-    added = _lmtune("add", "cli", str(docs), env=env)
+    assert _lmtune("create", "cli", "--embedding", tiny_model, "--chunk-size", "80", "--overlap", "10").returncode == 0
+    added = _lmtune("add", "cli", str(docs))
     assert added.returncode == 0 and "2 file(s)" in added.stderr
-    listed = _lmtune("list", env=env)
+    listed = _lmtune("list")
     assert listed.returncode == 0 and "cli" in listed.stdout and "flat" in listed.stdout
-    found = _lmtune("search", "cli", "# More\nRice needs water and time.", "-k", "2", "--json", env=env)
+    found = _lmtune("search", "cli", "# More\nRice needs water and time.", "-k", "2", "--json")
     hits = json.loads(found.stdout)
     assert len(hits) == 2 and hits[0]["source"].endswith("other.md") and hits[0]["score"] > 0.999  # its own text, best first
     assert {"score", "source", "text"} <= set(hits[0])
-    assert _lmtune("rm", "cli", str(docs / "other.md"), env=env).returncode == 0
-    assert "other.md" not in _lmtune("list", "cli", env=env).stdout
-    rebuilt = _lmtune("rebuild", "cli", env=env)
+    assert _lmtune("rm", "cli", str(docs / "other.md")).returncode == 0
+    assert "other.md" not in _lmtune("list", "cli").stdout
+    rebuilt = _lmtune("rebuild", "cli")
     assert rebuilt.returncode == 0 and "1 file(s)" in rebuilt.stderr
 
     for args, message in [
@@ -330,6 +326,6 @@ def test_cli_end_to_end(home, tmp_path, tiny_model):
         (("search", "nope", "q"), "no knowledge base 'nope'"),
         (("create", "cli"), "already exists"),
     ]:
-        failed = _lmtune(*args, env=env)
+        failed = _lmtune(*args)
         assert failed.returncode == 2, failed.stderr
         assert failed.stderr.strip().count("\n") == 0 and message in failed.stderr and "Traceback" not in failed.stderr

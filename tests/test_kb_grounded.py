@@ -121,7 +121,8 @@ def server(kbs, llama_dir):
     from lmtune.config import ServeConfig
     from lmtune.serve.app import Serving, create_app
     from lmtune.serve.kbs import KnowledgeBases
-    from lmtune.serve.server import served_models, start_backend
+    from lmtune.serve.engines import served_models
+    from lmtune.serve.server import start_backend
 
     config = ServeConfig(model=str(llama_dir), template="alpaca", port=free_port(), kbs=["faq", "strict"])
     serving = Serving(list(served_models(config)), None)

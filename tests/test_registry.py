@@ -10,7 +10,7 @@ from lmtune.config import DataConfig, validate_config
 from lmtune.data.load import load_data
 from lmtune.data.records import ASSISTANT, FUNCTION, OBSERVATION, USER, Turn
 from lmtune.errors import DataError
-from conftest import lmtune
+from tests.conftest import lmtune, lmtune_process
 
 TOOLS = [{"name": "weather", "description": "Weather of a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
 ROLE_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
@@ -280,7 +280,7 @@ def test_cli_names_a_hub_dataset_that_is_not_in_the_cache(tmp_path, monkeypatch)
     (tmp_path / INFO).write_text(json.dumps({"remote": {"hf_hub_url": "lmtune-tests/never-downloaded"}}), encoding="utf-8")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network in tests: only the cache counts
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    result = lmtune("data", "inspect", "remote", "--dataset-dir", tmp_path)
+    result = lmtune_process("data", "inspect", "remote", "--dataset-dir", tmp_path)  # a process of its own: the hub reads HF_HUB_OFFLINE once, at import
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(
         "error: hf_hub_url 'lmtune-tests/never-downloaded' (split train): datasets.load_dataset cannot load it (ConnectionError: "

@@ -58,7 +58,8 @@ def server(full_run, lora_dir):
 
     from lmtune.config import ServeConfig
     from lmtune.serve.app import Serving, create_app
-    from lmtune.serve.server import served_models, start_backend
+    from lmtune.serve.engines import served_models
+    from lmtune.serve.server import start_backend
 
     config = ServeConfig(model=str(full_run / "out"), adapters={"lora": str(lora_dir)}, api_key=KEY, port=free_port(), max_batch=8)
     serving = Serving(list(served_models(config)), config.api_key)

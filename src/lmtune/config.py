@@ -6,11 +6,9 @@ Every section is declared once here. The `train` section takes Hugging Face
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lmtune.errors import ConfigError
+from lmtune.trainer_fields import training_argument_types
 
 
 class Section(BaseModel):
@@ -376,13 +375,31 @@ class GrpoConfig(Section):
     @field_validator("rewards")
     @classmethod
     def _known_rewards(cls, rewards: list[str] | dict[str, float]) -> list[str] | dict[str, float]:
-        from lmtune.train.rewards import check_spec
-
         if not rewards:
             raise ValueError("give at least one reward function")
         for spec in rewards:
-            check_spec(spec)
+            _check_reward(spec)
         return rewards
+
+
+BUILT_IN_REWARDS = "exact_match, length, length:N, format:REGEX"
+
+
+def _check_reward(spec: str) -> None:
+    """A spelling check; a user's module is loaded only when training starts (lmtune.train.rewards)."""
+    if spec in ("exact_match", "length"):
+        return
+    kind, sep, rest = spec.partition(":")
+    if kind == "length" and sep:
+        if not (rest.isdigit() and int(rest) > 0):
+            raise ValueError(f"'{spec}': length:N takes a whole number of tokens above 0")
+    elif kind == "format" and sep:
+        try:
+            re.compile(rest)
+        except re.error as exc:
+            raise ValueError(f"'{spec}': not a valid regular expression ({exc})") from None
+    elif not (".py:" in spec and spec.rpartition(":")[2].isidentifier()):
+        raise ValueError(f"'{spec}' is not one of {BUILT_IN_REWARDS}, or path/module.py:function")
 
 
 class RunConfig(Section):
@@ -533,7 +550,7 @@ def _section_model(loc: list[str]) -> type[BaseModel] | None:
 def _unknown_train_keys(train: Any) -> list[str]:
     if not isinstance(train, dict):
         return []
-    known = set(TrainConfig.model_fields) | training_argument_names()
+    known = set(TrainConfig.model_fields) | set(training_argument_types())
     return [
         f"train.{key}: unknown key (not a TrainingArguments field)"
         + (f"; did you mean '{hint}'?" if (hint := _closest(key, known)) else "")
@@ -571,23 +588,6 @@ def _bad_train_values(train: Any) -> list[str]:
         if key in _AT_LEAST_ONE and isinstance(value, int) and value < 1:
             problems.append(f"train.{key}: must be at least 1 (got {value!r})")
     return problems
-
-
-@lru_cache(maxsize=1)
-def training_argument_types() -> dict[str, Any]:
-    import typing
-
-    from transformers import TrainingArguments
-
-    hints = typing.get_type_hints(TrainingArguments)
-    return {name: hints[name] for name in training_argument_names()}
-
-
-@lru_cache(maxsize=1)
-def training_argument_names() -> frozenset[str]:
-    from transformers import TrainingArguments
-
-    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
 
 
 _BOUNDS = {"greater_than_equal": ("ge", "≥"), "greater_than": ("gt", ">"), "less_than_equal": ("le", "≤"), "less_than": ("lt", "<")}

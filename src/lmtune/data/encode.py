@@ -16,7 +16,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from lmtune.data.records import Conversation
 from lmtune.errors import DataError, ModelError
@@ -317,6 +316,8 @@ def pad_batch(samples: list[dict], pad_id: int, side: str = "right") -> dict[str
         }
         for key, (values, padding) in parts.items():
             batch[key].append(values + padding if side == "right" else padding + values)
+    import torch  # here, not at the top: reading and encoding data never needs it
+
     return {key: torch.tensor(rows, dtype=torch.long) for key, rows in batch.items()}
 
 

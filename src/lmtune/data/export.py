@@ -15,8 +15,7 @@ from pathlib import Path
 from lmtune.config import DataConfig
 from lmtune.data.convert import from_conversation
 from lmtune.data.encode import Encoder
-from lmtune.data.load import LoadReport, load_data, open_sources
-from lmtune.data.prepare import gc_paused
+from lmtune.data.load import LoadReport, gc_paused, load_data, open_sources
 from lmtune.data.records import Conversation
 from lmtune.data.registry import resolve_datasets
 from lmtune.errors import RecordError

@@ -7,13 +7,10 @@ starts training at once; change any of them and the data is encoded again.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from lmtune import __version__
 from lmtune.config import DataConfig
 from lmtune.data.encode import Encoder, Sample, adds_bos
 from lmtune.data.hub import fingerprint
-from lmtune.data.load import LoadReport, load_data
+from lmtune.data.load import LoadReport, ReadData, gc_paused, load_data
 from lmtune.data.pref import PAIR_STAGES, PROMPT_STAGES, TRL_STAGES, encode_labeled, encode_pairs
 from lmtune.data.pretrain import document_samples
 from lmtune.data.prompts import encode_prompts
@@ -46,9 +43,10 @@ class Prepared:
         return sum(s.truncated for s in self.train + self.dev)
 
 
-def prepare(data: DataConfig, encoder: Encoder, seed: int) -> Prepared:
+def prepare(data: DataConfig, encoder: Encoder, seed: int, read: ReadData | None = None) -> Prepared:
+    """`read`: the records, when read_data read them already."""
     if data.stage in TRL_STAGES:  # not cached: the cache holds SFT samples, and these encode in seconds
-        loaded = load_data(data, encoder.tokenizer, seed)
+        loaded = load_data(data, encoder.tokenizer, seed, read)
         encode = encode_pairs if data.stage in PAIR_STAGES else encode_prompts if data.stage in PROMPT_STAGES else encode_labeled
         return Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
     folder = Path(data.cache_dir) / "encoded" / cache_key(data, encoder, seed) if data.cache else None
@@ -56,7 +54,7 @@ def prepare(data: DataConfig, encoder: Encoder, seed: int) -> Prepared:
         log.info("data: encoded samples from the cache %s", folder)
         return cached
     with gc_paused():
-        loaded = load_data(data, encoder.tokenizer, seed)
+        loaded = load_data(data, encoder.tokenizer, seed, read)
         encode = document_samples if data.stage == "pt" else encode_all
         prepared = Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
     if folder:
@@ -66,20 +64,6 @@ def prepare(data: DataConfig, encoder: Encoder, seed: int) -> Prepared:
 
 def encode_all(convs, encoder: Encoder) -> list[Sample]:
     return list(encoder.encode_stream(convs))
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Reading and encoding make millions of small objects, none of them in reference cycles, so
-    none for the cycle collector to free; yet it walks them again and again as they pile up
-    (~10% of `lmtune data encode`). Paused while they are made, on again after."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 # ---------------------------------------------------------------- cache

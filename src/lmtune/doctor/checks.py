@@ -18,7 +18,7 @@ import sys
 from importlib import metadata, util
 from pathlib import Path, PurePosixPath
 
-from lmtune.doctor import Check
+from lmtune.doctor.check import Check
 from lmtune.doctor.gpu import GPU_HEALTH, nvml_cuda_version
 
 # The newest Python each torch release shipped wheels for; a newer interpreter runs a build never tested

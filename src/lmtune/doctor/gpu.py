@@ -6,7 +6,7 @@ import os
 import shutil
 from importlib import util
 
-from lmtune.doctor import Check
+from lmtune.doctor.check import Check
 
 # Throttle reasons that mean trouble; GPU idle, applications clocks and the software power cap are normal.
 BAD_THROTTLE = {0x8: "hardware slowdown", 0x20: "software thermal slowdown", 0x40: "hardware thermal slowdown",

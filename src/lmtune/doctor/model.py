@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from lmtune.doctor import Check, guarded
+from lmtune.doctor.check import Check, guarded
 
 ROUND_TRIPS = ("中国的首都是北京。我喜欢喝茶！", "The capital of France is Paris. Two plus two is four.")
 FA1_NAMES = ("flash_attn_unpadded_qkvpacked_func", "flash_attn_unpadded_kvpacked_func", "flash_attn_unpadded_func")

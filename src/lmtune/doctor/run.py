@@ -7,7 +7,7 @@ import itertools
 import time
 from pathlib import Path
 
-from lmtune.doctor import Check, guarded
+from lmtune.doctor.check import Check, guarded
 
 DRY_RUN_SAMPLES = 4
 

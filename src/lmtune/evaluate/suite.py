@@ -24,7 +24,8 @@ from lmtune.data.encode import IGNORE_INDEX, Encoder, pad_batch
 from lmtune.data.records import Conversation
 from lmtune.evaluate.metrics import score
 from lmtune.infer.engine import Engine
-from lmtune.infer.generate import Item, generate_file
+from lmtune.errors import LmtuneError
+from lmtune.infer.generate import Item, generate_file, to_item
 
 RESULTS_FILE = "results.json"
 
@@ -48,6 +49,47 @@ class Suite:
 
 
 Track = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n), e.g. a progress bar
+
+
+def _holds_pairs(data: Path) -> bool:
+    """Whether the file's first record is a preference pair (chosen and rejected)."""
+    from lmtune.data.pref import is_pair
+    from lmtune.data.readers import open_records
+
+    first = next(open_records(data)[1], None)
+    return bool(first and first.record and is_pair(first.record, None))
+
+
+def build_suite(engine: Engine, run, data: Path | None, choice: Path | None, shots: int, limit: int | None) -> Suite:
+    """The dev set (--data, else the split training held out) and the multiple-choice questions."""
+    from lmtune.data.load import load_data
+    from lmtune.data.pref import PAIR_STAGES
+    from lmtune.data.readers import read_conversations
+
+    dev = questions = None
+    # A preference run is scored on pairs (its dev split, or --data's); so is any run given pairs, so
+    # that the SFT model before DPO can be scored on the same pairs as after.
+    if run and (run.data.stage in PAIR_STAGES or (data and _holds_pairs(data))):
+        update = {"path": [str(data)], "dataset": [], "val_size": 0, "stage": "dpo"} if data else {}
+        source = run.data.model_copy(update=update)
+        loaded = load_data(source, engine.tokenizer, run.train.seed)
+        pairs = (loaded.train if data else loaded.dev)[:limit]
+        cutoff = run.data.cutoff_len
+        return Suite(None, None, shots, engine.settings.batch_size, cutoff, run.data.train_on, pairs=pairs)
+    if data:
+        pairs = list(read_conversations(data))[:limit]
+        dev = DevSet([c for c, _ in pairs], [to_item(c, r) for c, r in pairs], str(data))
+    elif not choice:  # the run's own dev split, rebuilt with its seed
+        held_out = load_data(run.data, engine.tokenizer, run.train.seed).dev[:limit]
+        dev = DevSet(held_out, [to_item(c) for c in held_out], "the run's dev split")
+    if dev is not None and not dev.convs:
+        raise LmtuneError(f"nothing to evaluate: {dev.name} holds no records")
+    if choice:
+        from lmtune.evaluate.choice import read_questions
+
+        questions = {subject: items[:limit] for subject, items in read_questions(choice).items()}
+    cutoff, train_on = (run.data.cutoff_len, run.data.train_on) if run else (4096, "all_assistant")
+    return Suite(dev, questions, shots, engine.settings.batch_size, cutoff, train_on)
 
 
 def evaluate(engine: Engine, suite: Suite, out_dir: Path, label: str, track: Track = lambda what, total: lambda n: None) -> dict:

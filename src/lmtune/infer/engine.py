@@ -24,7 +24,7 @@ from lmtune.model.adapters import load_adapter
 from lmtune.model.hub import base_folder, is_hub_id
 from lmtune.model.load import align_special_tokens, load_model, load_tokenizer, quantization
 from lmtune.templates.hf import template_for
-from lmtune.templates.template import TEMPLATE_FILE, Template, get_template
+from lmtune.templates.template import TEMPLATE_FILE, Template, cut_at_stop, get_template
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,6 @@ def end_token_ids(tokenizer, template: Template) -> list[int]:
     ids = {tokenizer.eos_token_id}
     ids.update(tokenizer.convert_tokens_to_ids(end) for end in template.end_tokens() if end != "{eos}")
     return sorted(ids)
-
-
-def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """Text before the first stop string, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 class _StopStrings(StoppingCriteria):

@@ -31,7 +31,7 @@ def worker_main(config_json: str, gpu: int | None, conn) -> None:
     if gpu is not None:  # before torch is imported: the worker sees only its own GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     from lmtune.serve.batcher import Batcher
-    from lmtune.serve.server import load_engine_for
+    from lmtune.serve.engines import load_engine_for
 
     lock = threading.Lock()
 

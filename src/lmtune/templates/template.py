@@ -223,6 +223,12 @@ class Template:
         return "{eos}" if written.endswith("{eos}") else max((t for t in self.tokens if written.endswith(t)), key=len)
 
 
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """Text before the first stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
 def _runs(turns: list[Turn]) -> list[list[Turn]]:
     """Turns one by one, except that consecutive tool results form one run (Qwen shows them in one message)."""
     runs: list[list[Turn]] = []

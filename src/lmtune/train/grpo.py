@@ -21,7 +21,8 @@ from lmtune.data.prompts import PromptSample
 from lmtune.errors import ConfigError
 from lmtune.infer.engine import end_token_ids
 from lmtune.templates.hf import template_for
-from lmtune.train.pref import NoModelCard, ReferenceGuard, callbacks, datasets, finished, trl_arguments
+from lmtune.train.arguments import trl_arguments
+from lmtune.train.trl_common import NoModelCard, ReferenceGuard, callbacks, datasets, finished
 from lmtune.train.rewards import reward_functions
 
 log = logging.getLogger(__name__)

@@ -9,20 +9,32 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
-import torch
+from lmtune.config import RunConfig, load_config, resolve_paths
+from lmtune.data.load import ReadData, read_data
 
 
 def inside_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def checked_run(path: Path, overrides: list[str]) -> tuple[RunConfig, ReadData | None]:
+    """The config and every data record, checked before torch is imported, so a mistake costs a
+    second. Under torchrun the launching process has checked them already (read: None)."""
+    config = resolve_paths(load_config(path, overrides))
+    return config, None if inside_launcher() else read_data(config.data)
+
+
 def processes_wanted(nproc: int | None) -> int:
     """How many processes to launch from here: 0 when this already is a launched one or one will do."""
     if inside_launcher():
         return 0
-    count = nproc if nproc is not None else torch.cuda.device_count()
-    return count if count > 1 or os.environ.get("NNODES", "1") != "1" else 0
+    if nproc is None:
+        import torch  # only here: counting the GPUs is the first thing that needs it
+
+        nproc = torch.cuda.device_count()
+    return nproc if nproc > 1 or os.environ.get("NNODES", "1") != "1" else 0
 
 
 def relaunch(nproc: int, lmtune_args: list[str]) -> int:

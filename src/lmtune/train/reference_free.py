@@ -13,7 +13,7 @@ with warnings.catch_warnings():  # TRL's notice that trl.experimental may change
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
     from trl.experimental.utils import DPODataCollatorWithPadding
 
-from lmtune.train.pref import NoModelCard
+from lmtune.train.trl_common import NoModelCard
 
 IGNORE_INDEX = -100
 

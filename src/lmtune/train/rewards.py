@@ -18,26 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmtune.errors import ConfigError
+from lmtune.templates.template import cut_at_stop
 from lmtune.train.guards import TrainingStopped
-
-BUILT_IN = "exact_match, length, length:N, format:REGEX"
-
-
-def check_spec(spec: str) -> None:
-    """A spelling check for the config; a user's module is loaded only when training starts."""
-    if spec in ("exact_match", "length"):
-        return
-    kind, sep, rest = spec.partition(":")
-    if kind == "length" and sep:
-        if not (rest.isdigit() and int(rest) > 0):
-            raise ValueError(f"'{spec}': length:N takes a whole number of tokens above 0")
-    elif kind == "format" and sep:
-        try:
-            re.compile(rest)
-        except re.error as exc:
-            raise ValueError(f"'{spec}': not a valid regular expression ({exc})") from None
-    elif not (".py:" in spec and spec.rpartition(":")[2].isidentifier()):
-        raise ValueError(f"'{spec}' is not one of {BUILT_IN}, or path/module.py:function")
 
 
 def reward_functions(rewards: list[str] | dict[str, float], max_new_tokens: int, stops: tuple[str, ...]) -> list[Callable]:
@@ -46,8 +28,6 @@ def reward_functions(rewards: list[str] | dict[str, float], max_new_tokens: int,
 
 
 def _function(spec: str, max_new_tokens: int, stops: tuple[str, ...]) -> Callable:
-    from lmtune.infer.engine import cut_at_stop
-
     def answers(completions: list[str]) -> list[str]:
         return [cut_at_stop(c, stops)[0].strip() for c in completions]
 

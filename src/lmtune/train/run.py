@@ -11,7 +11,7 @@ import torch
 
 from lmtune.config import RunConfig, resolve_paths, save_run_config
 from lmtune.data.encode import Collator, Encoder, Sample
-from lmtune.data.load import LoadReport
+from lmtune.data.load import LoadReport, ReadData
 from lmtune.data.pack import PackedCollator, check_packing_supported, pack, uses_flash_attention
 from lmtune.data.pref import TRL_STAGES
 from lmtune.data.prepare import Prepared, prepare
@@ -32,6 +32,7 @@ from lmtune.model.load import (
 from lmtune.templates.jinja import to_jinja
 from lmtune.templates.hf import template_for
 from lmtune.templates.template import Template, save_template
+from lmtune.train.arguments import trainer_arguments
 from lmtune.train.callbacks import MetricsFile, ProgressLines, plot_loss
 from lmtune.train.checkpoints import MarkComplete, mark_complete, resume_point, step_of
 from lmtune.train.guards import Guards
@@ -49,7 +50,8 @@ class TrainResult:
     main_process: bool = True  # under torchrun, only rank 0 writes and reports
 
 
-def train(config: RunConfig) -> TrainResult:
+def train(config: RunConfig, read: ReadData | None = None) -> TrainResult:
+    """`read`: the data's records, when launch.checked_run read them already."""
     from accelerate import PartialState
 
     config = resolve_paths(config)
@@ -69,7 +71,7 @@ def train(config: RunConfig) -> TrainResult:
     template = template_for(config.data.template, tokenizer, config.data.template_file)
     encoder = Encoder(tokenizer, template, config.data.cutoff_len, config.data.train_on)
     with processes.main_process_first():  # rank 0 encodes and caches; the others read its cache
-        data = prepare(config.data, encoder, config.train.seed)
+        data = prepare(config.data, encoder, config.train.seed, read)
     if main:
         _log_data(data, output_dir)
 
@@ -83,8 +85,12 @@ def train(config: RunConfig) -> TrainResult:
         log.info("resuming from %s (step %d)", checkpoint, step_of(checkpoint))
     elif config.train.resume == "auto":
         log.info("resume: auto found no complete checkpoint in %s; starting at step 1", output_dir)
-    if config.data.stage in TRL_STAGES:
-        from lmtune.train.pref import build_pref_trainer  # TRL is imported only for preference runs
+    if config.data.stage == "grpo":  # TRL is imported only for the stages that train on it
+        from lmtune.train.grpo import build_grpo_trainer
+
+        trainer = build_grpo_trainer(config, model, tokenizer, data, checkpoint, main)
+    elif config.data.stage in TRL_STAGES:
+        from lmtune.train.pref import build_pref_trainer
 
         trainer = build_pref_trainer(config, model, tokenizer, data, checkpoint, main)
     else:
@@ -214,27 +220,6 @@ def _batches(config: RunConfig, model, tokenizer, data: Prepared):
     log.info("packing: %d samples in %d rows of up to %d tokens", len(data.train), len(train_rows), config.data.cutoff_len)
     collator = PackedCollator(tokenizer.pad_token_id, block_mask=not uses_flash_attention(model), dtype=model.dtype)
     return train_rows, dev_rows, collator
-
-
-def trainer_arguments(config: RunConfig, has_dev: bool) -> dict:
-    """The train section as TrainingArguments (or TRL's configs) take it, with lmtune's defaults for
-    what the user left unset; every stage starts from these."""
-    args = config.train.training_arguments()
-    args.setdefault("remove_unused_columns", False)  # our collators need input_ids and labels as they are
-    args.setdefault("disable_tqdm", True)  # ProgressLines reports instead
-    args.setdefault("use_cpu", not torch.cuda.is_available())
-    # HF logs a NaN/inf loss as the running average, which shows a broken run as loss 0; log it as it is
-    # so the guards (and the user) see NaN.
-    args.setdefault("logging_nan_inf_filter", False)
-    if has_dev:
-        args.setdefault("eval_strategy", "steps")
-        args.setdefault("eval_steps", 0.1)  # ten evaluations per run, whatever its length
-    # Mixed precision on GPUs only, in the model's half type; set either way, as TRL's configs would
-    # otherwise turn bf16 on by themselves, also on CPU.
-    half = resolve_dtype(config.model.dtype) if torch.cuda.is_available() else torch.float32
-    args.setdefault("bf16", half == torch.bfloat16)
-    args.setdefault("fp16", half == torch.float16)
-    return args
 
 
 def _build_trainer(config: RunConfig, model, tokenizer, data: Prepared, checkpoint=None, main: bool = True):

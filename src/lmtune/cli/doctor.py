@@ -20,7 +20,8 @@ def doctor(
     as_json: bool = typer.Option(False, "--json", help="Print every check as JSON (status, message, fix)."),
 ):
     """Check the machine (and a model or config) for what breaks fine-tuning; exit 1 when a check fails."""
-    from lmtune.doctor import exit_status, run_checks
+    from lmtune.doctor import run_checks
+    from lmtune.doctor.check import exit_status
 
     checks = run_checks(model, config)
     if as_json:

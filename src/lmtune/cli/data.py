@@ -9,16 +9,14 @@ from typing import Optional
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from lmtune.cli.output import console, out_console
 from lmtune.config import DATA_FORMATS, DataConfig, FiltersConfig, flag_problems
 from lmtune.errors import BadRecordError, ConfigError
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, convert, split, mix, filter and encode data files.")
-console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True)
 
 FORMAT = typer.Option("auto", "--format", help=f"Input format: {', '.join(DATA_FORMATS)}.")
 ON_ERROR = typer.Option("raise", "--on-error", help="raise: stop at the first bad record; skip: set it aside.")

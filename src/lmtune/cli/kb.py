@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lmtune.cli.output import console
 from lmtune.errors import LmtuneError
 
 kb_app = typer.Typer(no_args_is_help=True, help="Knowledge bases: ingest files, search them, ground answers in them.")
-console = Console(stderr=True, soft_wrap=True)
 NAME = typer.Argument(..., help="Knowledge base name (a folder under $LMTUNE_HOME/kb, default ~/.lmtune/kb).")
 
 

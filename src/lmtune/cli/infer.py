@@ -2,58 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lmtune.cli.options import ADAPTER, KB_K, KB_THRESHOLD, MODEL, ON_NO_HIT, QUANTIZE, TEMPLATE, sampling_options
+from lmtune.cli.output import console, out_console
 from lmtune.errors import LmtuneError
-
-console = Console(stderr=True, soft_wrap=True)
-
-MODEL = typer.Option(None, "--model", help="Base model folder or hub id ORG/NAME (default: the one the adapter was trained on).")
-ADAPTER = typer.Option(None, "--adapter", help="Adapter folder written by `lmtune train`.")
-TEMPLATE = typer.Option(None, "--template", help="Prompt template (default: the one used in training).")
-
-# generate settings that every model command takes as flags: (type, flag, help)
-SAMPLING = {
-    "max_new_tokens": (int, "--max-new-tokens", "Most tokens per answer."),
-    "temperature": (float, "--temperature", "0 = greedy decoding."),
-    "top_p": (float, "--top-p", "Nucleus sampling mass."),
-    "top_k": (int, "--top-k", "Sample among the k most likely tokens (0 = no limit)."),
-    "repetition_penalty": (float, "--repetition-penalty", "1.0 = no penalty."),
-    "no_repeat_ngram_size": (int, "--no-repeat-ngram-size", "Never repeat an n-gram of this many tokens."),
-    "seed": (int, "--seed", "Seed for sampling, to reproduce an answer."),
-    "stop": (List[str], "--stop", "Extra stop string (repeatable)."),
-    "batch_size": (int, "--batch-size", "Records per batch."),
-}
-QUANTIZE = typer.Option(None, "--quantize", help="Load the base in 4 or 8 bits (bitsandbytes; CUDA GPU only).")
-KB_K = typer.Option(None, "--kb-k", help="Passages per answer (default: the knowledge base's top_k, 3).")
-KB_THRESHOLD = typer.Option(None, "--kb-threshold", help="Use only passages at least this similar to the question (cosine, -1 to 1).")
-ON_NO_HIT = typer.Option(None, "--on-no-hit", help="No passage passes the threshold: answer (without them, saying so) or refuse.")
-
-
-def sampling_options(command):
-    """Adds the SAMPLING flags to a command; it receives the ones given as `sampling={name: value}`."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        given = {name: kwargs.pop(name) for name in SAMPLING}
-        return command(*args, sampling={k: v for k, v in given.items() if v not in (None, [])}, **kwargs)
-
-    own = [p for p in inspect.signature(command).parameters.values() if p.name != "sampling"]
-    flags = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, flag, help=text), annotation=Optional[kind])
-        for name, (kind, flag, text) in SAMPLING.items()
-    ]
-    wrapper.__signature__ = inspect.Signature(own + flags)
-    return wrapper
 
 
 def load(model, adapter, template, sampling: dict, defaults: dict | None = None, quantize: int | None = None):
@@ -169,9 +128,8 @@ def evaluate(
         return _score_predictions(predictions, as_json)
     from rich.progress import Progress
 
-    from lmtune.evaluate.suite import base_of, evaluate as run_suite, write_results
-
     from lmtune.config import load_run_config
+    from lmtune.evaluate.suite import base_of, build_suite, evaluate as run_suite, write_results
 
     run = load_run_config(adapter or model) if (adapter or model) else None
     if with_base and run is None:
@@ -179,7 +137,7 @@ def evaluate(
     if not (data or choice or (run and run.data.val_size)):
         raise LmtuneError("nothing to evaluate: pass --data DEV_FILE and/or --choice CSV_OR_FOLDER (the run has no data.val_size dev split)")
     engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize)  # greedy: scores that can be redone
-    suite = _suite(engine, run, data, choice, shots, max_samples)
+    suite = build_suite(engine, run, data, choice, shots, max_samples)
     out = out or Path(adapter or model) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -208,49 +166,6 @@ def evaluate(
     console.print(f"results in {written}{report}")
 
 
-def _holds_pairs(data: Path) -> bool:
-    """Whether the file's first record is a preference pair (chosen and rejected)."""
-    from lmtune.data.pref import is_pair
-    from lmtune.data.readers import open_records
-
-    first = next(open_records(data)[1], None)
-    return bool(first and first.record and is_pair(first.record, None))
-
-
-def _suite(engine, run, data, choice, shots, limit):
-    """The dev set (--data, else the split training held out) and the multiple-choice questions."""
-    from lmtune.data.load import load_data
-    from lmtune.data.pref import PAIR_STAGES
-    from lmtune.data.readers import read_conversations
-    from lmtune.evaluate.suite import DevSet, Suite
-    from lmtune.infer.generate import to_item
-
-    dev = questions = None
-    # A preference run is scored on pairs (its dev split, or --data's); so is any run given pairs, so
-    # that the SFT model before DPO can be scored on the same pairs as after.
-    if run and (run.data.stage in PAIR_STAGES or (data and _holds_pairs(data))):
-        update = {"path": [str(data)], "dataset": [], "val_size": 0, "stage": "dpo"} if data else {}
-        source = run.data.model_copy(update=update)
-        loaded = load_data(source, engine.tokenizer, run.train.seed)
-        pairs = (loaded.train if data else loaded.dev)[:limit]
-        cutoff = run.data.cutoff_len
-        return Suite(None, None, shots, engine.settings.batch_size, cutoff, run.data.train_on, pairs=pairs)
-    if data:
-        pairs = list(read_conversations(data))[:limit]
-        dev = DevSet([c for c, _ in pairs], [to_item(c, r) for c, r in pairs], str(data))
-    elif not choice:  # the run's own dev split, rebuilt with its seed
-        held_out = load_data(run.data, engine.tokenizer, run.train.seed).dev[:limit]
-        dev = DevSet(held_out, [to_item(c) for c in held_out], "the run's dev split")
-    if dev is not None and not dev.convs:
-        raise LmtuneError(f"nothing to evaluate: {dev.name} holds no records")
-    if choice:
-        from lmtune.evaluate.choice import read_questions
-
-        questions = {subject: items[:limit] for subject, items in read_questions(choice).items()}
-    cutoff, train_on = (run.data.cutoff_len, run.data.train_on) if run else (4096, "all_assistant")
-    return Suite(dev, questions, shots, engine.settings.batch_size, cutoff, train_on)
-
-
 def _print_table(results: dict) -> None:
     from lmtune.evaluate.suite import table_rows
 
@@ -266,7 +181,7 @@ def _print_table(results: dict) -> None:
         elif len(names) == 2:
             cells.append("")
         table.add_row(metric, *cells)
-    Console().print(table)
+    out_console.print(table)
 
 
 def _score_predictions(predictions: Path, as_json: bool) -> None:
