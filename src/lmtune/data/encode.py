@@ -14,12 +14,16 @@ import functools
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lmtune.data.records import Conversation
 from lmtune.errors import DataError, ModelError
 from lmtune.templates.template import ANSWER_ROLES, Segment, Template, exchanges
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = -100
 TRAIN_ON = ("all_assistant", "last_assistant", "all")

@@ -20,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from lmtune.data.formats import MESSAGES_TAGS, SHAREGPT_TAGS, detect_format, to_conversation, type_name
 from lmtune.data.records import ASSISTANT, Conversation
 from lmtune.errors import DataError, RecordError
@@ -243,6 +241,8 @@ def _fit(encoder: Encoder, prompt: list[int], answers: list[list[int]]) -> tuple
 def _split(tokenized) -> tuple[list[int], list[int]]:
     """(prompt, last answer) of a tokenized conversation; earlier answers belong to the prompt, and
     what the format puts after the answer's end token (ChatML's newline) is dropped."""
+    import numpy as np  # here: reading pairs needs none of it, only encoding them
+
     owner = np.asarray(tokenized.owner)
     at = np.nonzero(owner == owner.max())[0]
     return list(tokenized.ids[: at[0]]), list(tokenized.ids[at[0] : at[-1] + 1])

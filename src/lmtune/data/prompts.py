@@ -12,12 +12,14 @@ read as text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmtune.data.encode import Encoder
 from lmtune.data.formats import detect_format, to_conversation, type_name
 from lmtune.data.records import ASSISTANT, Conversation
 from lmtune.errors import RecordError
+
+if TYPE_CHECKING:  # reading prompts needs no encoder (nor numpy): the data is checked before anything heavy loads
+    from lmtune.data.encode import Encoder
 
 REFERENCE_FIELDS = ("answer", "solution")
 
