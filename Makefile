@@ -28,6 +28,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 demo: install
 	$(BIN)/lmtune demo
 
+# Two workers (pytest-xdist) for the 2-core machines CI runs on; the 15 slowest tests are listed so
+# their cost stays in view.
 test: install
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 

@@ -131,17 +131,28 @@ def test_a_finished_run_is_replaced_only_with_overwrite(project):
     assert snapshot(project / "out")["adapter_model.safetensors"] != adapter["adapter_model.safetensors"]
 
 
+def _as_from_a_shell() -> None:
+    """The child starts with SIGINT delivered and handled by default, as from a terminal: a test
+    runner's worker thread may have it blocked or ignored, and a child inherits both."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(project):
     run = subprocess.Popen(
         [sys.executable, "-m", "lmtune", "train", "run.yaml", "train.max_steps=100000"],
-        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_shell,
     )
     metrics = project / "out" / "metrics.jsonl"
     deadline = time.time() + 600  # generous: only a slow, loaded machine gets near it
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
         time.sleep(0.2)
     run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=120)
+    try:
+        _, stderr = run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        pytest.fail(f"Ctrl-C did not stop the run within 120 s; its stderr:\n{run.communicate()[1][-3000:]}")
     assert run.returncode == 130, stderr[-2000:]
     saved = sorted((project / "out").glob("checkpoint-*"))
     assert len(saved) == 1 and (saved[0] / "COMPLETE").is_file()

@@ -1,6 +1,6 @@
-"""A mistake costs a second: the commands that need no model never import torch, and train refuses a
-bad config, flag or record before it imports torch or transformers. Each case runs in a fresh
-interpreter, the only place where what a command imports can be seen."""
+"""A mistake costs a second: the commands that need no model never import torch, and train, chat and
+generate refuse a bad config, flag or record before they import torch or transformers. Each case
+runs in a fresh interpreter, the only place where what a command imports can be seen."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def test_commands_that_need_no_model_never_import_torch(tmp_path, monkeypatch):
 def project(tmp_path, llama_dir):
     write_json(tmp_path / "train.json", RECORDS)
     (tmp_path / "bad.jsonl").write_text(json.dumps(RECORDS[0]) + "\n" + '{"instruction": "oops", "output": \n', encoding="utf-8")
+    (tmp_path / "model").symlink_to(llama_dir)
     write_config(tmp_path / "run.yaml", model={"path": str(llama_dir)}, data={"path": "train.json"},
                  train={"output_dir": "out", "max_steps": 1})
     return tmp_path
@@ -69,8 +70,10 @@ def project(tmp_path, llama_dir):
     (["train", "run.yaml", "train.eval_strategy=[1]"], "train.eval_strategy: Input should be"),
     (["train", "run.yaml", "data.path=bad.jsonl"], "bad.jsonl:2: malformed JSON"),
     (["train", "run.yaml", "--no-such-flag"], "No such option: --no-such-flag"),
+    (["chat", "--model", "model", "--temperature", "-1"], "--temperature must be ≥ 0.0 (got -1.0)"),
+    (["generate", "--model", "model", "--data", "bad.jsonl", "--out", "o.jsonl"], "bad.jsonl:2:35: malformed JSON"),
 ])
-def test_train_refuses_a_mistake_before_importing_torch(project, argv, message):
+def test_a_mistake_is_refused_before_importing_torch(project, argv, message):
     result = probe([argv], project)
     assert result == {"codes": [2], "imported": []}
     ran = lmtune_process(*argv, cwd=project)  # and the console script says it in one line

@@ -20,7 +20,6 @@ def load(model, adapter, template, sampling: dict, defaults: dict | None = None,
     from pydantic import ValidationError
 
     from lmtune.config import GenerateConfig, flag_problems, load_run_config
-    from lmtune.infer.engine import load_engine
 
     if not (model or adapter):
         raise LmtuneError("pass --model DIR, --adapter DIR, or both")
@@ -32,6 +31,8 @@ def load(model, adapter, template, sampling: dict, defaults: dict | None = None,
         raise LmtuneError(flag_problems(exc)) from None
     if quantize not in (None, 4, 8):
         raise LmtuneError(f"--quantize {quantize}: choose 4 or 8 (bits)")
+    from lmtune.infer.engine import load_engine  # torch and transformers: only once the flags hold
+
     return load_engine(model, adapter, template, settings, quantize)
 
 
@@ -49,14 +50,13 @@ def chat(
     sampling: dict = None,
 ):
     """Talk to a model in the terminal; answers stream as they are generated."""
-    from lmtune.infer.chat import chat_loop
-
     retriever = None
     if kb:  # before the model loads: a missing knowledge base fails at once
         from lmtune.kb.ground import open_retriever
 
         retriever = open_retriever(kb, top_k=kb_k, score_threshold=kb_threshold, on_no_hit=on_no_hit)
     engine = load(model, adapter, template, sampling, quantize=quantize)
+    from lmtune.infer.chat import chat_loop
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -129,7 +129,6 @@ def evaluate(
     from rich.progress import Progress
 
     from lmtune.config import load_run_config
-    from lmtune.evaluate.suite import base_of, build_suite, evaluate as run_suite, write_results
 
     run = load_run_config(adapter or model) if (adapter or model) else None
     if with_base and run is None:
@@ -137,6 +136,8 @@ def evaluate(
     if not (data or choice or (run and run.data.val_size)):
         raise LmtuneError("nothing to evaluate: pass --data DEV_FILE and/or --choice CSV_OR_FOLDER (the run has no data.val_size dev split)")
     engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize)  # greedy: scores that can be redone
+    from lmtune.evaluate.suite import base_of, build_suite, evaluate as run_suite, write_results
+
     suite = build_suite(engine, run, data, choice, shots, max_samples)
     out = out or Path(adapter or model) / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -14,13 +14,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmtune.data.convert import TARGETS, from_conversation
 from lmtune.data.readers import read_conversations
 from lmtune.data.records import ASSISTANT, Conversation, Turn
 from lmtune.errors import DataError, RecordError
 from lmtune.evaluate.metrics import ADDED
-from lmtune.infer.engine import Engine
+
+if TYPE_CHECKING:  # the records are read and checked before the engine (torch) is imported
+    from lmtune.infer.engine import Engine
 
 DATASET_FORMATS = TARGETS  # alpaca, sharegpt, messages
 
