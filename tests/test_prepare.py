@@ -60,3 +60,21 @@ def test_template_auto_is_cached_by_the_tokenizers_chat_template(tmp_path, token
         assert tokenizer.decode(first.train[0].input_ids) == "<s>user: a</s>assistant: b</s>"
     finally:
         tokenizer.chat_template = None
+
+
+def test_records_the_cache_holds_are_not_read_again_before_training(tmp_path, tokenizer, llama_dir):
+    from lmtune.data.fingerprints import read_before
+    from lmtune.train.launch import checked_run
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n", encoding="utf-8")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{path: {llama_dir}}}\ndata: {{path: {path}, cache_dir: {tmp_path / 'cache'}}}\n"
+                      f"train: {{output_dir: {tmp_path / 'out'}, seed: 1}}\n", encoding="utf-8")
+    settings, read = checked_run(config, [])
+    assert read is not None and not read_before(settings.data, 1)  # nothing cached: every record read and checked
+    prepare(settings.data, Encoder(tokenizer, get_template("alpaca"), 64), seed=1, read=read)
+    assert read_before(settings.data, 1) and checked_run(config, [])[1] is None
+    assert checked_run(config, ["train.seed=2"])[1] is not None  # another split of the records: read again
+    path.write_text(json.dumps({"instruction": "a", "output": "c"}) + "\n", encoding="utf-8")
+    assert checked_run(config, [])[1] is not None  # the file changed: read and checked again

@@ -1,7 +1,7 @@
 """Training data ready for the Trainer: load, filter, mix, split, encode, and cache the result.
 
-The cache key covers everything the samples depend on: each file's content hash, the data
-settings, the template, the tokenizer and cutoff_len. A second run with the same inputs
+The cache key covers everything the samples depend on: the records (data.fingerprints: each
+file's content hash, the data settings), the template, the tokenizer and cutoff_len. A second run with the same inputs
 starts training at once; change any of them and the data is encoded again.
 """
 
@@ -11,24 +11,20 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lmtune import __version__
 from lmtune.config import DataConfig
 from lmtune.data.encode import Encoder, Sample, adds_bos
-from lmtune.data.hub import fingerprint
+from lmtune.data.fingerprints import READ_KEY_FILE, digest, read_key
 from lmtune.data.load import LoadReport, ReadData, gc_paused, load_data
 from lmtune.data.pref import PAIR_STAGES, PROMPT_STAGES, TRL_STAGES, encode_labeled, encode_pairs
 from lmtune.data.pretrain import document_samples
 from lmtune.data.prompts import encode_prompts
-from lmtune.data.registry import resolve_datasets
 
 log = logging.getLogger(__name__)
-
-CACHE_FORMAT = 1  # bump when the encoding of samples changes
 
 
 @dataclass
@@ -49,7 +45,8 @@ def prepare(data: DataConfig, encoder: Encoder, seed: int, read: ReadData | None
         loaded = load_data(data, encoder.tokenizer, seed, read)
         encode = encode_pairs if data.stage in PAIR_STAGES else encode_prompts if data.stage in PROMPT_STAGES else encode_labeled
         return Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
-    folder = Path(data.cache_dir) / "encoded" / cache_key(data, encoder, seed) if data.cache else None
+    records = read_key(data, seed) if data.cache else None
+    folder = Path(data.cache_dir) / "encoded" / cache_key(records, encoder) if records else None
     if folder and (cached := _read_cache(folder)):
         log.info("data: encoded samples from the cache %s", folder)
         return cached
@@ -58,7 +55,7 @@ def prepare(data: DataConfig, encoder: Encoder, seed: int, read: ReadData | None
         encode = document_samples if data.stage == "pt" else encode_all
         prepared = Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
     if folder:
-        _write_cache(folder, prepared)
+        _write_cache(folder, prepared, records)
     return prepared
 
 
@@ -69,31 +66,14 @@ def encode_all(convs, encoder: Encoder) -> list[Sample]:
 # ---------------------------------------------------------------- cache
 
 
-def cache_key(data: DataConfig, encoder: Encoder, seed: int) -> str:
-    ignored = {"cache", "cache_dir", "streaming", "template", "path", "dataset_dir", "packing"}
-    specs = resolve_datasets(data)
-    files = [(str(f), _file_digest(f)) for spec in specs for f in spec.files]
-    files += [(spec.hub.name, fingerprint(spec.hub)) for spec in specs if spec.hub]
-    parts = {
-        "lmtune": [__version__, CACHE_FORMAT],
-        "files": files,
-        # How each dataset is read (dataset_info.json's columns, tags, num_samples …), not just its bytes.
-        "datasets": [asdict(spec) for spec in specs],
-        "data": data.model_dump(mode="json", exclude=ignored),
+def cache_key(records: str, encoder: Encoder) -> str:
+    """`records`: the read_key of the records encoded."""
+    return digest({
+        "read": records,
         "template": encoder.template.fingerprint(),
         "tokenizer": _tokenizer_digest(encoder.tokenizer),
         "cutoff_len": encoder.cutoff_len,
-        "seed": seed,
-    }
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    })
 
 
 def _tokenizer_digest(tokenizer) -> str:
@@ -103,7 +83,7 @@ def _tokenizer_digest(tokenizer) -> str:
     return hashlib.blake2b((text + special).encode(), digest_size=16).hexdigest()
 
 
-def _write_cache(folder: Path, prepared: Prepared) -> None:
+def _write_cache(folder: Path, prepared: Prepared, records_key: str) -> None:
     """Written to a temporary folder and renamed, so a killed run never leaves half a cache."""
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -116,6 +96,7 @@ def _write_cache(folder: Path, prepared: Prepared) -> None:
             lengths=lengths,
             truncated=np.array([s.truncated for s in samples], dtype=bool),
         )
+    (tmp / READ_KEY_FILE).write_text(records_key, encoding="utf-8")
     (tmp / "report.json").write_text(json.dumps(prepared.report.to_dict(), ensure_ascii=False), encoding="utf-8")
     if folder.exists():  # another run finished the same cache first
         shutil.rmtree(tmp)

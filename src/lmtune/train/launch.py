@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from lmtune.config import RunConfig, load_config, resolve_paths
+from lmtune.data.fingerprints import read_before
 from lmtune.data.load import ReadData, read_data
+from lmtune.data.pref import TRL_STAGES
 
 
 def inside_launcher() -> bool:
@@ -21,9 +23,13 @@ def inside_launcher() -> bool:
 
 def checked_run(path: Path, overrides: list[str]) -> tuple[RunConfig, ReadData | None]:
     """The config and every data record, checked before torch is imported, so a mistake costs a
-    second. Under torchrun the launching process has checked them already (read: None)."""
+    second; the records read are handed on to training. None when there is nothing to check:
+    under torchrun the launching process has checked them, and records the cache holds encoded
+    were read (and checked) by an earlier run."""
     config = resolve_paths(load_config(path, overrides))
-    return config, None if inside_launcher() else read_data(config.data)
+    if inside_launcher() or (config.data.cache and config.data.stage not in TRL_STAGES and read_before(config.data, config.train.seed)):
+        return config, None
+    return config, read_data(config.data)
 
 
 def processes_wanted(nproc: int | None) -> int:
