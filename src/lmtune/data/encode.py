@@ -20,6 +20,7 @@ import numpy as np
 
 from lmtune.data.records import Conversation
 from lmtune.errors import DataError, ModelError
+from lmtune.templates.reasoning import opens_reasoning
 from lmtune.templates.template import ANSWER_ROLES, Segment, Template, exchanges
 
 if TYPE_CHECKING:
@@ -105,6 +106,11 @@ class Encoder:
     def prompt_ids(self, conv: Conversation) -> list[int]:
         """Generation prompt for a conversation that ends with a user turn."""
         return self.bos + self._tokenize([self.render(conv)])[0].ids
+
+    def opens_reasoning(self, conv: Conversation) -> bool:
+        """Whether the generation prompt for conv ends inside an open think block (DeepSeek-R1's
+        `<think>\n`): then the model's output starts with reasoning (`parse_output(…, opened=True)`)."""
+        return opens_reasoning("".join(s.text for s in self.render(conv)))
 
     def render(self, conv: Conversation) -> list[Segment]:
         return self.template.render(conv, **self.marks)
