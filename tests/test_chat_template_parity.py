@@ -235,12 +235,13 @@ def glm4_messages(conv):
 def official(tokenizer, name, conv, generation):
     chat = glm4_messages(conv) if name == "glm4" else messages(conv)
     return tokenizer.apply_chat_template(chat, tools=conv.tools, chat_template=OFFICIAL[name], tokenize=False,
-                                         add_generation_prompt=generation, enable_thinking=False)
+                                         add_generation_prompt=generation, enable_thinking=bool(conv.thinking))
 
 
 def prompts(conv):
-    """The conversation up to each answer: what the model sees when it writes that answer."""
-    return [Conversation(conv.turns[:i], conv.system, conv.tools) for i, t in enumerate(conv.turns) if t.role in (ASSISTANT, FUNCTION)]
+    """The conversation up to each answer: what the model sees when it writes that answer (thinking
+    off: these answers have no reasoning)."""
+    return [Conversation(conv.turns[:i], conv.system, conv.tools, thinking=False) for i, t in enumerate(conv.turns) if t.role in (ASSISTANT, FUNCTION)]
 
 
 def cases(name):
@@ -250,8 +251,9 @@ def cases(name):
 
 def test_every_builtin_template_with_an_official_format_is_checked():
     """Those left out have no official chat template to compare with (Alpaca, BELLE, MOSS, …)."""
-    assert set(OFFICIAL) | {"alpaca", "belle", "moss", "linly", "nous", "yayi", "stablebeluga", "guanaco", "baichuan", "firefly",
-                            "default", "raw"} == set(builtin_templates())
+    checked_on_real_tokenizers = {"deepseek-r1", "deepseek-v3"}  # tests/test_reasoning_templates.py
+    assert set(OFFICIAL) | checked_on_real_tokenizers | {"alpaca", "belle", "moss", "linly", "nous", "yayi", "stablebeluga", "guanaco",
+                                                         "baichuan", "firefly", "default", "raw"} == set(builtin_templates())
     assert {name for name, t in builtin_templates().items() if t.tools} == set(TOOL_FAMILIES) | {"moss"}
 
 
@@ -280,6 +282,12 @@ def trained(tokenizer, sample):
     return tokenizer.decode([t for t in sample.labels if t != IGNORE_INDEX])
 
 
+def trained_in_all(tokenizer, encoder, conv):
+    """What every sample of the conversation trains, oldest first: Qwen3 shows earlier answers
+    without the empty think block they were written after, so each is trained in its own context."""
+    return "".join(trained(tokenizer, sample) for sample in encoder.encode_many([conv]))
+
+
 # What each family learns from the four-turn conversation: every answer and what ends it, nothing else.
 TRAINED = {
     "chatml": "4<|im_end|>6<|im_end|>不客气。<|im_end|>",  # the newline after <|im_end|> is read, not trained
@@ -296,8 +304,7 @@ TRAINED = {
 
 @pytest.mark.parametrize("name", sorted(TRAINED))
 def test_labels_train_each_answer_and_its_end(name, family_tokenizer):
-    sample = Encoder(family_tokenizer, get_template(name), cutoff_len=4096).encode(CONVERSATIONS[3])
-    assert trained(family_tokenizer, sample) == TRAINED[name]
+    assert trained_in_all(family_tokenizer, Encoder(family_tokenizer, get_template(name), cutoff_len=4096), CONVERSATIONS[3]) == TRAINED[name]
 
 
 def test_baichuan2_learns_eos_where_the_next_turn_begins(family_tokenizer):
@@ -320,8 +327,8 @@ TRAINED_WITH_TOOLS = {
 
 @pytest.mark.parametrize("name", sorted(TRAINED_WITH_TOOLS))
 def test_labels_train_the_call_but_not_the_definitions_or_the_results(name, family_tokenizer):
-    sample = Encoder(family_tokenizer, get_template(name), cutoff_len=4096).encode(TOOL_CONVERSATIONS[1])
-    assert trained(family_tokenizer, sample) == TRAINED_WITH_TOOLS[name]
+    encoder = Encoder(family_tokenizer, get_template(name), cutoff_len=4096)
+    assert trained_in_all(family_tokenizer, encoder, TOOL_CONVERSATIONS[1]) == TRAINED_WITH_TOOLS[name]
 
 
 @pytest.mark.parametrize("name", sorted(builtin_templates()))
@@ -336,7 +343,8 @@ def test_the_chat_template_lmtune_writes_renders_like_lmtune(name):
     convs = CONVERSATIONS + (TOOL_CONVERSATIONS + [PARALLEL] * (template.tool_style in ("qwen", "moss")) if template.tools else [])
     for conv in convs:
         for case in (conv, *prompts(conv)):
-            rendered = tokenizer.apply_chat_template(messages(case), tools=case.tools, chat_template=to_jinja(template), tokenize=False)
+            rendered = tokenizer.apply_chat_template(messages(case), tools=case.tools, chat_template=to_jinja(template), tokenize=False,
+                                                     enable_thinking=case.thinking)
             assert rendered == "".join(s.text for s in template.render(case, "<s>", "</s>"))
     if not template.tools:
         with pytest.raises(Exception, match=f"template '{name}' cannot render tools"):

@@ -130,7 +130,8 @@ def test_unknown_keys_and_unknown_format_names():
         detect_format({"prompt": "a", "completion": "b"})
     assert str(err.value) == (
         "cannot tell the data format from keys (completion, prompt); expected one of: alpaca (instruction, output), "
-        "sharegpt (conversations), messages (messages), moss (chat), firefly (conversation), text (text)"
+        "sharegpt (conversations), messages (messages), moss (chat), firefly (conversation), "
+        "r1_distill (input, content, reasoning_content), text (text)"
     )
     with pytest.raises(DataError, match="unknown data format 'oasst'") as err:
         to_conversation({"text": "a"}, "oasst")

@@ -8,7 +8,6 @@ from lmtune.templates.template import get_template
 
 
 def test_batched_encoding_equals_one_at_a_time(tokenizer):
-    encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=52)
     convs = [
         Conversation([Turn(USER, "Name the capital of France."), Turn(ASSISTANT, "Paris.")]),
         Conversation([Turn(USER, "把下面的句子翻译成英文。", input="我喜欢喝茶。"), Turn(ASSISTANT, "I like drinking tea.")], system="Be brief."),
@@ -16,6 +15,9 @@ def test_batched_encoding_equals_one_at_a_time(tokenizer):
         Conversation([Turn(USER, "What is two plus two? " * 8), Turn(ASSISTANT, "Two plus two is four. " * 8)]),  # truncated
         Conversation([Turn(ASSISTANT, "plain text for pre-training")]),
     ]
+    # The cutoff just fits the second conversation (the test tokenizer's merges follow the registry's text).
+    cutoff_len = len(Encoder(tokenizer, get_template("alpaca"), cutoff_len=10**6).encode(convs[1]).input_ids)
+    encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=cutoff_len)
     batched = encoder.encode_many(convs)
     assert batched == [encoder.encode(c) for c in convs]
     assert [s.truncated for s in batched] == [False, False, True, True, False]
@@ -24,7 +26,7 @@ def test_batched_encoding_equals_one_at_a_time(tokenizer):
         one.spans = None  # labels from the owner array instead of the answer spans: the same samples
     assert encoder._samples(convs, tokenized) == batched
     for train_on in TRAIN_ON:  # in chunks of 2, each tokenized in the second thread while the one before is labelled
-        encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=52, train_on=train_on)
+        encoder = Encoder(tokenizer, get_template("alpaca"), cutoff_len=cutoff_len, train_on=train_on)
         assert list(encoder.encode_stream(convs, chunk=2)) == encoder.encode_many(convs)
 
 

@@ -50,6 +50,9 @@ GOLDEN = {
     "<|im_start|>assistant\n[[你好！<|im_end|>]]\n",
     "qwen3": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n[[Hello.<|im_end|>]]\n<|im_start|>user\n你好<|im_end|>\n"
     "<|im_start|>assistant\n<think>\n\n</think>\n\n[[你好！<|im_end|>]]\n",
+    # Without reasoning a training conversation has thinking off: the empty block is read, not written.
+    "deepseek-r1": "<s><｜User｜>Hi<｜Assistant｜>[[Hello.</s>]]<｜User｜>你好<｜Assistant｜><think>\n\n</think>\n\n[[你好！</s>]]",
+    "deepseek-v3": "<s><｜User｜>Hi<｜Assistant｜>[[Hello.</s>]]<｜User｜>你好<｜Assistant｜>[[你好！</s>]]",
     "belle": "Human: Hi\n\nBelle: [[Hello.</s>]]\n\nHuman: 你好\n\nBelle: [[你好！</s>]]",
     "moss": "<|Human|>: Hi<eoh>\n<|MOSS|>: [[Hello.<eom>]]\n<|Human|>: 你好<eoh>\n<|MOSS|>: [[你好！<eom>]]",
     "linly": "### Instruction:Hi  ### Response:[[Hello.</s>]]\n### Instruction:你好  ### Response:[[你好！</s>]]",

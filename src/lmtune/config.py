@@ -37,7 +37,7 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="Run modelling code shipped in the model folder.")
 
 
-DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "moss", "firefly", "belle_multiturn", "text")
+DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "moss", "firefly", "belle_multiturn", "r1_distill", "text")
 
 
 class FiltersConfig(Section):
@@ -78,6 +78,14 @@ class DataConfig(Section):
         "all_assistant", description="Trained tokens: every answer, the last answer only, or everything."
     )
     cutoff_len: int = Field(1024, gt=1, description="Maximum tokens per sample, prompt and response together.")
+    rewritten_answers: Literal["own_sample", "context_only"] = Field(
+        "own_sample", description="Earlier answers the template shows otherwise than the model wrote them (Qwen3 and "
+        "DeepSeek-R1 drop past reasoning): own_sample trains each in a sample of its own context, as inference sees it; "
+        "context_only keeps one sample per conversation, in which they are context only.",
+    )
+    train_reasoning: bool = Field(
+        True, description="Train the reasoning (think blocks) of answers; false: they stay in the text, masked, and only the answers after them are trained."
+    )
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="Bad record: stop with its file and line, or skip it into rejected.jsonl."
     )

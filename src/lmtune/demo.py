@@ -47,7 +47,8 @@ def run_demo(out: Path, questions: int = 20, log=print) -> DemoResult:
 
     log(f"[1/4] tokenizer and a random 4-layer Llama in {out / 'init'}")
     init_dir = out / "init"
-    tokenizer = train_tokenizer(_corpus(records), init_dir, vocab_size=3000)
+    # ChatML's tokens too, so the base model also takes the chatml and qwen3 templates (docs/reasoning.md).
+    tokenizer = train_tokenizer(_corpus(records), init_dir, vocab_size=3000, special=["<|im_start|>", "<|im_end|>"])
     build_model(tokenizer, init_dir, arch="llama", hidden_size=128, layers=4, heads=4)
 
     log("[2/4] base stage: full training on the answers as plain text")

@@ -39,12 +39,16 @@ def _config(inputs: list[str], dataset_dir: str = "data", **settings) -> DataCon
         raise ConfigError(flag_problems(exc, FLAGS)) from None
 
 
-def _encoder(tokenizer: Optional[str], template: str, cutoff_len: int, train_on: str = "all_assistant"):
+def _encoder(tokenizer: Optional[str], data: DataConfig):
+    """The encoder training would build for these data settings; `auto` takes the tokenizer's chat_template."""
     from lmtune.data.encode import Encoder
     from lmtune.model.load import load_tokenizer
-    from lmtune.templates.template import get_template
+    from lmtune.templates.hf import template_for
 
-    return Encoder(load_tokenizer(tokenizer), get_template(template), cutoff_len, train_on) if tokenizer else None
+    if not tokenizer:
+        return None
+    loaded = load_tokenizer(tokenizer)
+    return Encoder.for_data(loaded, template_for(data.template, loaded, data.template_file), data)
 
 
 @contextmanager
@@ -77,7 +81,8 @@ def inspect(
     """Format, encoding, record counts, turns, token lengths, languages and examples per file."""
     from lmtune.data.inspect import inspect_data
 
-    stats = inspect_data(_config(files, dataset_dir, encoding=encoding, format=fmt, on_error="skip"), _encoder(tokenizer, template, 2**31), examples)
+    config = _config(files, dataset_dir, encoding=encoding, format=fmt, on_error="skip", template=template, cutoff_len=2**31)
+    stats = inspect_data(config, _encoder(tokenizer, config), examples)
     for s in stats:
         table = _inspect_table(s.path)
         table.add_row("format / encoding", f"{s.format} / {s.encoding}")
@@ -86,6 +91,8 @@ def inspect(
             table.add_row("turns per conversation", f"min {s.turns[0]}, mean {s.turns[1]:.1f}, max {s.turns[2]}")
         if s.token_lengths:
             table.add_row(f"tokens with {template}", ", ".join(f"p{p} {n}" for p, n in s.token_lengths.items()).replace("p100", "max"))
+        valid = s.read - len(s.rejected)
+        table.add_row("with reasoning", f"{s.reasoning} of {valid} records" + ("" if s.reasoning else " (no think blocks or reasoning_content)"))
         total = sum(s.languages.values()) or 1
         table.add_row("languages", ", ".join(f"{lang} {100 * n / total:.0f}%" for lang, n in s.languages.most_common()))
         for label, counts in (("ignored fields", s.ignored), ("media dropped", s.media_dropped)):
@@ -94,7 +101,8 @@ def inspect(
         for row in s.rejected[:3]:
             table.add_row("[red]rejected[/]", f"{row['source']}: {row['reason']}")
         for conv in s.examples:
-            turns = [f"[bold]{t.role}[/]: {t.content}" + (f" | {t.input}" if t.input else "") for t in conv.turns]
+            turns = [(f"[bold]{t.role} reasoning[/]: [dim]{t.reasoning}[/]\n" if t.reasoning is not None else "")
+                     + f"[bold]{t.role}[/]: {t.content}" + (f" | {t.input}" if t.input else "") for t in conv.turns]
             table.add_row(f"line {conv.source.rsplit(':', 1)[-1]}", "\n".join(([f"[bold]system[/]: {conv.system}"] if conv.system else []) + turns))
         out_console.print(table)
 
@@ -205,13 +213,16 @@ def filter_(
 @data_app.command()
 def encode(
     data: list[str] = typer.Option(..., "--data", help="Data file, folder or dataset name (repeatable)."),
-    template: str = typer.Option(..., "--template", help="Prompt template."),
+    template: str = typer.Option(..., "--template", help="Prompt template (`lmtune templates`), or auto: the tokenizer's chat_template."),
     tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer folder."),
     out: Path = typer.Option(..., "--out", help="Output .jsonl: input_ids and labels per record."),
     cutoff_len: int = typer.Option(1024, "--cutoff-len"),
     fmt: str = FORMAT,
     on_error: str = ON_ERROR,
     train_on: str = typer.Option("all_assistant", "--train-on", help="all_assistant | last_assistant | all"),
+    rewritten_answers: str = typer.Option("own_sample", "--rewritten-answers", help="own_sample | context_only: earlier answers the template rewrites (data.rewritten_answers)."),
+    train_reasoning: bool = typer.Option(True, "--train-reasoning/--mask-reasoning", help="Train think blocks, or mask them (data.train_reasoning)."),
+    template_file: Optional[str] = typer.Option(None, "--template-file", help="YAML file with templates of your own."),
     show: int = typer.Option(0, "--show", help="Print this many samples with their trained tokens highlighted."),
     dataset_dir: str = DATASET_DIR,
     encoding: str = ENCODING,
@@ -219,8 +230,9 @@ def encode(
     """Write input_ids and labels exactly as training sees them."""
     from lmtune.data import export
 
-    config = _config(data, dataset_dir, encoding=encoding, format=fmt, on_error=on_error, template=template, cutoff_len=cutoff_len, train_on=train_on)
-    encoder = _encoder(tokenizer, template, cutoff_len, config.train_on)
+    config = _config(data, dataset_dir, encoding=encoding, format=fmt, on_error=on_error, template=template, cutoff_len=cutoff_len,
+                     train_on=train_on, rewritten_answers=rewritten_answers, train_reasoning=train_reasoning, template_file=template_file)
+    encoder = _encoder(tokenizer, config)
     with _on_error_flag():
         _report(export.encode(config, encoder, out))
     for line in out.read_text(encoding="utf-8").splitlines()[:show]:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lmtune.data.contexts import REWRITTEN_ANSWERS, answer_contexts
 from lmtune.data.records import Conversation
 from lmtune.errors import DataError, ModelError
 from lmtune.templates.reasoning import opens_reasoning
@@ -47,16 +48,24 @@ class Tokenized:
 
 
 class Encoder:
-    def __init__(self, tokenizer, template: Template, cutoff_len: int, train_on: str = "all_assistant"):
+    def __init__(self, tokenizer, template: Template, cutoff_len: int, train_on: str = "all_assistant",
+                 rewritten_answers: str = "own_sample", train_reasoning: bool = True):
+        """rewritten_answers and train_reasoning: see data.contexts and DataConfig."""
         if tokenizer.eos_token_id is None:
             raise ModelError("the tokenizer has no EOS token; set eos_token in tokenizer_config.json")
-        if train_on not in TRAIN_ON:
-            raise ValueError(f"train_on must be one of {TRAIN_ON}")
+        if train_on not in TRAIN_ON or rewritten_answers not in REWRITTEN_ANSWERS:
+            raise ValueError(f"train_on must be one of {TRAIN_ON}, rewritten_answers one of {REWRITTEN_ANSWERS}")
         self.tokenizer, self.template, self.cutoff_len, self.train_on = tokenizer, template, cutoff_len, train_on
+        self.rewritten_answers, self.train_reasoning = rewritten_answers, train_reasoning
         self.eos_id = tokenizer.eos_token_id
         self.marks = {"bos": tokenizer.bos_token or "", "eos": tokenizer.eos_token}
         self.bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) and not template.writes_bos() else []
         self._check_tokens()
+
+    @classmethod
+    def for_data(cls, tokenizer, template: Template, data) -> Encoder:
+        """The encoder a DataConfig asks for."""
+        return cls(tokenizer, template, data.cutoff_len, data.train_on, data.rewritten_answers, data.train_reasoning)
 
     def _check_tokens(self) -> None:
         """Template markers must be single tokens, or they would be trained as ordinary text."""
@@ -72,11 +81,25 @@ class Encoder:
     # ------------------------------------------------------------ public
 
     def encode(self, conv: Conversation) -> Sample:
-        return self.encode_many([conv])[0]
+        """The sample of the whole conversation (the last of encode_many's, which may add samples
+        for earlier answers in their own contexts)."""
+        return self.encode_many([conv])[-1]
 
     def encode_many(self, convs: list[Conversation]) -> list[Sample]:
-        """Training samples; the whole batch goes through the tokenizer in one call."""
+        """Training samples (one per conversation, or more where the template rewrites earlier
+        answers: data.contexts); the whole batch goes through the tokenizer in one call."""
+        convs = self.contexts(convs)
         return self._samples(convs, self._tokenize([self.render(c) for c in convs]))
+
+    def contexts(self, convs: list[Conversation]) -> list[Conversation]:
+        """The conversations as the samples that train every answer in its own context."""
+        if self.train_on != "all_assistant":  # one answer trained (or all text): one sample
+            return convs
+        return [sample for conv in convs for sample in (answer_contexts(conv, self.render, self.rewritten_answers) if self._may_rewrite(conv) else [conv])]
+
+    def _may_rewrite(self, conv: Conversation) -> bool:
+        """Named templates show earlier answers otherwise only through reasoning and thinking switches."""
+        return getattr(self.template, "thinking", None) != "" or any(turn.reasoning is not None for turn in conv.turns)
 
     def encode_stream(self, convs: list[Conversation], chunk: int = CHUNK) -> Iterator[Sample]:
         """encode_many, `chunk` conversations at a time and in order, so memory stays flat however
@@ -92,6 +115,7 @@ class Encoder:
         with ThreadPoolExecutor(1) as tokenizer_thread:
             pending = None  # (conversations, rendered, encodings to come) of the chunk being tokenized
             for part in parts:
+                part = self.contexts(part)
                 rendered = [self.render(c) for c in part]
                 ahead = part, rendered, tokenizer_thread.submit(self._encode_batch, rendered)
                 if pending:
@@ -113,7 +137,11 @@ class Encoder:
         return opens_reasoning("".join(s.text for s in self.render(conv)))
 
     def render(self, conv: Conversation) -> list[Segment]:
-        return self.template.render(conv, **self.marks)
+        segments = self.template.render(conv, **self.marks)
+        if self.train_reasoning or not any(s.reasoning for s in segments):
+            return segments
+        # The think block stays in the text, read but not trained: the answer after it is.
+        return [part for s in segments for part in ((Segment(s.text[: s.reasoning], False), replace(s, text=s.text[s.reasoning :], reasoning=0)) if s.reasoning else (s,))]
 
     def tokenize(self, rendered: list[list[Segment]]) -> list[Tokenized]:
         """Ids, and for each the answer it belongs to: preference pairs are cut from these."""

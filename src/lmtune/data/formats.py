@@ -15,8 +15,9 @@ from typing import Any
 
 from lmtune.data.records import ASSISTANT, FUNCTION, OBSERVATION, USER, Conversation, Turn
 from lmtune.errors import DataError, RecordError
+from lmtune.templates.reasoning import split_answer
 
-FORMATS = ("alpaca", "sharegpt", "messages", "moss", "firefly", "belle_multiturn", "text")
+FORMATS = ("alpaca", "sharegpt", "messages", "moss", "firefly", "belle_multiturn", "r1_distill", "text")
 SYSTEM = "system"  # a message role that becomes Conversation.system, never a Turn
 
 # LLaMA-Factory's defaults; a dataset's `columns` / `tags` override them key by key. (Its
@@ -25,6 +26,9 @@ ALPACA_COLUMNS = {
     "prompt": "instruction", "query": "input", "response": "output", "history": "history", "system": "system",
     "tools": "tools",
 }
+# The R1-distill sets (Chinese-DeepSeek-R1-Distill-data-110k and its kind): the question in `input`,
+# the answer in `content`, the reasoning in `reasoning_content`, as DeepSeek's API returns them.
+R1_DISTILL_COLUMNS = {"prompt": "input", "response": "content", "reasoning": "reasoning_content", "system": "system", "tools": "tools"}
 SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools"}
 SHAREGPT_TAGS = {
     "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
@@ -36,12 +40,16 @@ TEXT_COLUMNS = {"prompt": "text"}  # pre-training text sits in LLaMA-Factory's p
 # on an assistant message as `tool_calls`, read as a function turn); lmtune writes calls as role "function".
 MESSAGES_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                  "observation_tag": "tool", "function_tag": "function", "system_tag": "system"}
+# Where a message or record keeps an answer's reasoning apart: DeepSeek's API (and llama.cpp, SGLang)
+# call it reasoning_content, vLLM and Ollama reasoning. Otherwise an answer may open with <think>…</think>.
+REASONING_KEYS = ("reasoning_content", "reasoning")
+THINKING_KEY = "enable_thinking"  # a record's own thinking switch (Qwen3's enable_thinking), true or false
 
 # The key that gives each format away, checked in this order.
 _TELLTALE_KEYS = (("sharegpt", "conversations"), ("messages", "messages"), ("moss", "chat"),
-                  ("firefly", "conversation"), ("alpaca", "instruction"), ("text", "text"))
+                  ("firefly", "conversation"), ("alpaca", "instruction"), ("r1_distill", "reasoning_content"), ("text", "text"))
 _EXPECTED = ("alpaca (instruction, output), sharegpt (conversations), messages (messages), "
-             "moss (chat), firefly (conversation), text (text)")
+             "moss (chat), firefly (conversation), r1_distill (input, content, reasoning_content), text (text)")
 
 # After an optional system prompt: user, assistant, user, assistant, … where an assistant answer
 # may be a function call followed by its observation and then the answer (LLaMA-Factory's rule).
@@ -66,13 +74,13 @@ def detect_format(record: dict[str, Any]) -> str:
     raise RecordError(f"cannot tell the data format from keys ({keys}); expected one of: {_EXPECTED}")
 
 
-_DEFAULT_COLUMNS = {"alpaca": ALPACA_COLUMNS, "belle_multiturn": ALPACA_COLUMNS, "sharegpt": SHAREGPT_COLUMNS,
+_DEFAULT_COLUMNS = {"alpaca": ALPACA_COLUMNS, "belle_multiturn": ALPACA_COLUMNS, "r1_distill": R1_DISTILL_COLUMNS, "sharegpt": SHAREGPT_COLUMNS,
                     "messages": MESSAGES_COLUMNS, "text": TEXT_COLUMNS, "moss": {}, "firefly": {}}
 _DEFAULT_TAGS = {"sharegpt": SHAREGPT_TAGS, "messages": MESSAGES_TAGS}
 # The record's own fields each format reads (columns by their role, or fixed names).
-_USED_COLUMNS = {"alpaca": ("prompt", "query", "response", "history", "system", "tools"),
+_USED_COLUMNS = {"alpaca": ("prompt", "query", "response", "history", "system", "tools", "reasoning"),
                  "sharegpt": ("messages", "system", "tools"), "text": ("prompt",)}
-_USED_COLUMNS.update({"belle_multiturn": _USED_COLUMNS["alpaca"], "messages": _USED_COLUMNS["sharegpt"]})
+_USED_COLUMNS.update({"belle_multiturn": _USED_COLUMNS["alpaca"], "r1_distill": _USED_COLUMNS["alpaca"], "messages": _USED_COLUMNS["sharegpt"]})
 _USED_FIELDS = {"moss": ("chat", "meta_instruction"), "firefly": ("conversation", "system")}
 
 
@@ -94,20 +102,21 @@ def to_conversation(
     if fmt == "text":
         conv = _text(record, columns["prompt"])
     else:
-        if prompt_only and fmt in ("alpaca", "belle_multiturn"):
+        if prompt_only and fmt in ("alpaca", "belle_multiturn", "r1_distill"):
             record = {**record, columns["response"]: record.get(columns["response"]) or ""}
         turns, system, field = _convert(record, fmt, columns, tags)
         if prompt_only and turns and turns[-1][1].role == ASSISTANT and not turns[-1][1].content.strip():
             turns = turns[:-1]
         conv = _validated(turns, system, field, prompt_only)
         conv.tools = _tools(record, columns.get("tools"))
+        conv.thinking = _thinking(record)
     if ignored is not None:
         ignored += _unused(record, fmt, columns, tags)
     return conv
 
 
 def _convert(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: dict[str, str]) -> Extracted:
-    if fmt == "alpaca":
+    if fmt in ("alpaca", "r1_distill"):
         return _alpaca(record, columns)
     if fmt == "belle_multiturn":
         return _belle_multiturn(record, columns)
@@ -122,9 +131,9 @@ def _convert(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: di
 def _alpaca(record: dict[str, Any], columns: dict[str, str]) -> Extracted:
     prompt, response = columns["prompt"], columns["response"]
     _require(record, (prompt, response), f"alpaca records need '{prompt}' and '{response}'")
-    question = Turn(USER, _string(record[prompt], f"'{prompt}'"), input=_optional(record, columns["query"]))
-    answer = Turn(ASSISTANT, _string(record[response], f"'{response}'"))
-    turns = _history(record.get(columns["history"]), columns["history"])
+    question = Turn(USER, _string(record[prompt], f"'{prompt}'"), input=_optional(record, columns.get("query")))
+    answer = _answer(record[response], f"'{response}'", _reasoning_of(record, columns.get("reasoning")))
+    turns = _history(record.get(columns.get("history")), columns.get("history"))
     turns += [(f"'{prompt}'", question), (f"'{response}'", answer)]
     return turns, _optional(record, columns["system"]) or None, prompt
 
@@ -138,9 +147,8 @@ def _history(history: Any, field: str) -> Labelled:
     for i, pair in enumerate(history):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise RecordError(f"'{field}[{i}]' must be a [query, response] pair")
-        for j, role in enumerate((USER, ASSISTANT)):
-            said = f"'{field}[{i}][{j}]'"
-            turns.append((said, Turn(role, _string(pair[j], said))))
+        said = f"'{field}[{i}][0]'"
+        turns += [(said, Turn(USER, _string(pair[0], said))), (f"'{field}[{i}][1]'", _answer(pair[1], f"'{field}[{i}][1]'"))]
     return turns
 
 
@@ -163,8 +171,9 @@ def _belle_multiturn(record: dict[str, Any], columns: dict[str, str]) -> Extract
     speakers = [(USER if who == "Human" else ASSISTANT, text.strip()) for who, text in zip(parts[1::2], parts[2::2])]
     if speakers and speakers[-1] == (ASSISTANT, ""):
         speakers.pop()  # the trailing "Assistant:" whose answer is the output field
-    turns = [(f"'{prompt}' turn {n}", Turn(role, text)) for n, (role, text) in enumerate(speakers, start=1)]
-    turns.append((f"'{response}'", Turn(ASSISTANT, _string(record[response], f"'{response}'").strip())))
+    turns = [(f"'{prompt}' turn {n}", Turn(USER, text) if role == USER else _answer(text, f"'{prompt}' turn {n}"))
+             for n, (role, text) in enumerate(speakers, start=1)]
+    turns.append((f"'{response}'", _answer(_string(record[response], f"'{response}'").strip(), f"'{response}'")))
     return turns, _optional(record, columns["system"]) or None, prompt
 
 
@@ -189,7 +198,8 @@ def _chat(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: dict[
         if role is None:
             raise RecordError(f"{label}: unknown role {message[role_tag]!r} in '{role_tag}'; known: {', '.join(roles)}")
         if role in (ASSISTANT, FUNCTION) and _calls(message):
-            turns.append((label, Turn(FUNCTION, _function_call(message, content_tag, f"{field}[{i}]"))))
+            reasoning = _reasoning_of(message, tags.get("reasoning_tag"), f"'{field}[{i}]")
+            turns.append((label, Turn(FUNCTION, _function_call(message, content_tag, f"{field}[{i}]"), reasoning=reasoning)))
             continue
         _require(message, (content_tag,), f"every message needs {shape}", label)
         content = _content(message[content_tag], f"'{field}[{i}].{content_tag}'")
@@ -197,9 +207,42 @@ def _chat(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: dict[
             if i > 0:
                 raise RecordError(f"{label}: a system message may only come first")
             system = content  # a leading system message wins over a system column, as in LLaMA-Factory
+        elif role in (ASSISTANT, FUNCTION):  # a function turn (LLaMA-Factory's layout) may reason before its call too
+            reasoning = _reasoning_of(message, tags.get("reasoning_tag"), f"'{field}[{i}]")
+            turns.append((label, _answer(content, f"'{field}[{i}].{content_tag}'", reasoning, role)))
         else:
             turns.append((label, Turn(role, content)))
     return turns, system, field
+
+
+def _reasoning_of(obj: dict[str, Any], key: str | None, where: str = "") -> str | None:
+    """The reasoning a record or message keeps apart (under `key`, else under either common name);
+    None where it holds none (DeepSeek's API sends null for answers without reasoning)."""
+    for name in (key,) if key else REASONING_KEYS:
+        if obj.get(name) not in (None, ""):
+            return _string(obj[name], f"{where}.{name}'" if where else f"'{name}'").strip("\n") or None
+    return None
+
+
+def _answer(value: Any, label: str, reasoning: str | None = None, role: str = ASSISTANT) -> Turn:
+    """An assistant answer; reasoning given apart, or a think block that opens the text, goes to
+    Turn.reasoning and the answer after it to the content."""
+    text = _string(value, label)
+    if reasoning is None:
+        try:
+            reasoning, text = split_answer(text)
+        except ValueError as exc:
+            raise RecordError(f"{label}: {exc}") from None
+    if reasoning is not None and not text.strip():
+        raise RecordError(f"{label}: empty answer after its reasoning")
+    return Turn(role, text, reasoning=reasoning)
+
+
+def _thinking(record: dict[str, Any]) -> bool | None:
+    value = record.get(THINKING_KEY)
+    if value is not None and not isinstance(value, bool):
+        raise RecordError(f"'{THINKING_KEY}' must be true or false, got {_short(value)}")
+    return value
 
 
 def _calls(message: dict[str, Any]) -> list | None:
@@ -301,7 +344,8 @@ def _moss(record: dict[str, Any]) -> Extracted:
         _require(exchange, ("Human", "MOSS"), "every MOSS turn needs 'Human' and 'MOSS'", f"'chat.{key}'")
         for speaker, role in (("Human", USER), ("MOSS", ASSISTANT)):
             label = f"'chat.{key}.{speaker}'"
-            turns.append((label, Turn(role, _MOSS_MARKERS.sub("", _string(exchange[speaker], label)).strip())))
+            text = _MOSS_MARKERS.sub("", _string(exchange[speaker], label)).strip()
+            turns.append((label, Turn(USER, text) if role == USER else _answer(text, label)))
     return turns, _optional(record, "meta_instruction").strip() or None, "chat"
 
 
@@ -326,7 +370,7 @@ def _firefly(record: dict[str, Any]) -> Extracted:
         _require(pair, ("human", "assistant"), "every exchange needs 'human' and 'assistant'", label)
         for speaker, role in (("human", USER), ("assistant", ASSISTANT)):
             spoken = f"'conversation[{i}].{speaker}'"
-            turns.append((spoken, Turn(role, _string(pair[speaker], spoken))))
+            turns.append((spoken, Turn(USER, _string(pair[speaker], spoken)) if role == USER else _answer(pair[speaker], spoken)))
     return turns, _optional(record, "system") or None, "conversation"
 
 
@@ -346,11 +390,14 @@ def _unused(record: dict[str, Any], fmt: str, columns: dict[str, str], tags: dic
     """The record's fields the conversion did not read, each named once. Called after a successful
     conversion, so the shapes below are known to be right."""
     used = {columns.get(role) for role in _USED_COLUMNS.get(fmt, ())} | set(_USED_FIELDS.get(fmt, ()))
-    unused = [key for key in record if key not in used]
+    if fmt in ("alpaca", "belle_multiturn") and not columns.get("reasoning"):
+        used |= set(REASONING_KEYS)  # read under either name
+    unused = [key for key in record if key not in used and key != THINKING_KEY]
     if fmt in ("sharegpt", "messages"):
         field, messages = columns["messages"], record[columns["messages"]]
         # OpenAI's tool_calls / function_call become the function turn.
-        unused += _unused_keys(messages, f"{field}[]", {tags["role_tag"], tags["content_tag"], "tool_calls", "function_call"})
+        read = {tags["role_tag"], tags["content_tag"], "tool_calls", "function_call", *REASONING_KEYS, tags.get("reasoning_tag")}
+        unused += _unused_keys(messages, f"{field}[]", read)
         calls = [c for m in messages if isinstance(m.get("tool_calls"), list) for c in m["tool_calls"] if isinstance(c, dict)]
         unused += _unused_keys(calls, f"{field}[].tool_calls[]", {"type", "function"})
     elif fmt == "moss":

@@ -32,6 +32,7 @@ class FileStats:
     examples: list[Conversation] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)  # fields the format does not use -> records
     media_dropped: Counter = field(default_factory=Counter)  # with data.drop_media
+    reasoning: int = 0  # valid records with reasoning in some answer
 
 
 def inspect_data(data: DataConfig, encoder: Encoder | None = None, examples: int = 2) -> list[FileStats]:
@@ -60,12 +61,13 @@ def _file_stats(report: LoadReport, path: str, convs: list[Conversation], encode
         examples=convs[:examples],
         ignored=file_report.ignored,
         media_dropped=file_report.media_dropped,
+        reasoning=file_report.reasoning,
     )
 
 
 def _token_lengths(convs: list[Conversation], encoder: Encoder) -> dict[int, int]:
-    """Whole rendered conversations (template included), before any truncation."""
-    uncut = Encoder(encoder.tokenizer, encoder.template, cutoff_len=2**31)
+    """Whole rendered samples (template included), before any truncation."""
+    uncut = Encoder(encoder.tokenizer, encoder.template, 2**31, encoder.train_on, encoder.rewritten_answers)
     lengths = np.array([len(s.input_ids) for s in uncut.encode_many(convs)])
     return {p: int(np.percentile(lengths, p)) for p in PERCENTILES}
 

@@ -56,10 +56,15 @@ class FileReport:
     filtered: Counter = field(default_factory=Counter)
     ignored: Counter = field(default_factory=Counter)  # field name -> kept records whose field went unused
     media_dropped: Counter = field(default_factory=Counter)  # media field -> records it was dropped from
+    reasoning: int = 0  # valid records with reasoning in some answer (the others have none)
 
     @property
     def kept(self) -> int:
         return self.read - self.rejected - sum(self.filtered.values())
+
+    @property
+    def valid(self) -> int:
+        return self.read - self.rejected
 
 
 @dataclass
@@ -94,6 +99,8 @@ class LoadReport:
         if self.dev:
             parts.append(f"{self.dev} held out as dev")
         parts += [f"{label}: {counts}" for label, counts in self._field_counts()]
+        if any(f.reasoning for f in self.files.values()):
+            parts.append("with reasoning: " + ", ".join(f"{f.reasoning} of {f.valid} in {Path(p).name}" for p, f in self.files.items()))
         return "; ".join(parts)
 
     def _field_counts(self) -> Iterator[tuple[str, str]]:
@@ -249,6 +256,7 @@ def _conversation(record: dict, fmt: str, spec: DatasetSpec, file_report: FileRe
             turn.content, turn.input = _MEDIA_PLACEHOLDER.sub("", turn.content), _MEDIA_PLACEHOLDER.sub("", turn.input)
     file_report.ignored.update(ignored)
     file_report.media_dropped.update(dropped)
+    file_report.reasoning += any(turn.reasoning is not None for turn in conv.turns)
     return conv
 
 

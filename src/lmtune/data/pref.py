@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lmtune.templates.reasoning import split_answer
 from lmtune.data.formats import MESSAGES_TAGS, SHAREGPT_TAGS, detect_format, to_conversation, type_name
 from lmtune.data.records import ASSISTANT, Conversation
 from lmtune.errors import DataError, RecordError
@@ -201,7 +202,11 @@ def encode_pairs(pairs: list[Pair], encoder: Encoder) -> list[PairSample]:
 
 def _rejected_conversation(pair: Pair) -> Conversation:
     prompt, _ = pair.without_last_answer()
-    turns = [*prompt.turns, type(pair.turns[-1])(ASSISTANT, pair.rejected)]
+    try:  # a rejected answer's think block is its reasoning, as the chosen one's is
+        reasoning, answer = split_answer(pair.rejected)
+    except ValueError:  # never closed: the whole text is the answer that was rejected
+        reasoning, answer = None, pair.rejected
+    turns = [*prompt.turns, type(pair.turns[-1])(ASSISTANT, answer, reasoning=reasoning)]
     return Conversation(turns, pair.system, pair.tools, pair.source, pair.origin)
 
 

@@ -73,6 +73,7 @@ def cache_key(records: str, encoder: Encoder) -> str:
         "template": encoder.template.fingerprint(),
         "tokenizer": _tokenizer_digest(encoder.tokenizer),
         "cutoff_len": encoder.cutoff_len,
+        "answers": [encoder.train_on, encoder.rewritten_answers, encoder.train_reasoning],
     })
 
 

@@ -38,8 +38,9 @@ ENTRY_KEYS = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url
               "formatting", "ranking", "columns", "tags", "subset", "folder", "split", "revision", "num_samples",
               "file_sha1")
 COLUMN_KEYS = ("prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos", "audios",
-               "chosen", "rejected", "kto_tag")
-TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
+               "chosen", "rejected", "kto_tag", "reasoning")  # reasoning: lmtune's, the field beside an alpaca answer
+TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag",
+            "reasoning_tag")  # lmtune's: a message's reasoning field
 MEDIA = ("images", "videos", "audios")
 # Where the other sources live, for the refusal (load_from value -> the entry key that names it).
 ELSEWHERE = {"ms_hub": ("ms_hub_url", "ModelScope"), "om_hub": ("om_hub_url", "Modelers (OpenMind)"),
@@ -127,7 +128,7 @@ def _formatting(entry: dict[str, Any], where: str) -> str:
     if formatting not in FORMATTING:
         raise DataError(f"{where}: formatting '{formatting}' is not one of {', '.join(FORMATTING)}")
     columns = entry.get("columns", {})
-    wrong = [key for key in (("messages",) if formatting == "alpaca" else ("prompt", "query", "response", "history"))
+    wrong = [key for key in (("messages",) if formatting == "alpaca" else ("prompt", "query", "response", "history", "reasoning"))
              if key in columns]
     if wrong:
         raise DataError(f"{where}: columns.{wrong[0]} does not apply to formatting '{formatting}'; "

@@ -79,8 +79,7 @@ def check_dry_run(config) -> Check:
     started = time.perf_counter()
     folder = resolve_model(config.model.path, config.model.revision)[0]
     tokenizer = load_tokenizer(folder, config.model.trust_remote_code)
-    encoder = Encoder(tokenizer, template_for(config.data.template, tokenizer, config.data.template_file),
-                      config.data.cutoff_len, config.data.train_on)
+    encoder = Encoder.for_data(tokenizer, template_for(config.data.template, tokenizer, config.data.template_file), config.data)
     convs = [c for spec in resolve_datasets(config.data) if not spec.hub for c in first_conversations(spec, config.data, DRY_RUN_SAMPLES)]
     samples = encoder.encode_many(convs[:DRY_RUN_SAMPLES])
     batch = Collator(tokenizer.pad_token_id)([{"input_ids": s.input_ids, "labels": s.labels} for s in samples])

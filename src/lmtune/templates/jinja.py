@@ -36,7 +36,7 @@ def _literal(text: str) -> str:
 
 def to_jinja(template: Template) -> str:
     style = STYLES[template.tool_style] if template.tool_style else None
-    parts = [_setup(template), _tools(template, style), _system(template), "{%- for message in turns -%}",
+    parts = [_setup(template), _thinking(template), _tools(template, style), _system(template), "{%- for message in turns -%}",
              "{%- if message['role'] in " + ANSWERS + " -%}", _answer(template, style), "{%- else -%}",
              _prompt(template, style), "{%- endif -%}", "{%- endfor -%}"]
     return "".join(part for part in parts if part)
@@ -89,20 +89,65 @@ def _system(template: Template) -> str:
     ])
 
 
-def _final(template: Template) -> str:
-    """Qwen3's empty think block: before the last answer, or after the last prompt (a generation prompt)."""
-    if not template.final_answer_prefix:
+def _thinking(template: Template) -> str:
+    """`thinking` and `last_query`, as Template.thinking_on decides them; enable_thinking wins."""
+    switch = "(m['content'] or '').rstrip().endswith('/think') or (m['content'] or '').rstrip().endswith('/no_think')"
+    given = "(last.reasoning_content is defined and last.reasoning_content is not none) or '</think>' in (last['content'] or '')"
+    return "".join([
+        "{%- set tn = namespace(last_query=-1, switch=false) -%}{%- for m in turns -%}{%- if m['role'] == 'user' -%}",
+        f"{{%- set tn.last_query = loop.index0 -%}}{{%- if {switch} -%}}{{%- set tn.switch = true -%}}{{%- endif -%}}{{%- endif -%}}{{%- endfor -%}}",
+        "{%- set last = turns[-1] if turns else none -%}{%- set answered = last is not none and last['role'] in " + ANSWERS + " -%}",
+        "{%- if enable_thinking is defined and enable_thinking is not none -%}{%- set thinking = enable_thinking -%}",
+        f"{{%- elif answered and ({given}) -%}}{{%- set thinking = true -%}}",
+        "{%- elif tn.switch -%}{%- set thinking = true -%}",
+        f"{{%- else -%}}{{%- set thinking = false if answered else {str(template.thinking_default).lower()} -%}}{{%- endif -%}}",
+    ])
+
+
+def _think_block(template: Template) -> str:
+    """`think` (what the answer opens with) and the read part before it, as Template._think_block."""
+    opening, _, rest = template.reasoning_format.partition("{reasoning}")
+    block = _expr(template.reasoning_format, reasoning="(reasoning or '').strip('\\n')")
+    empty = _literal(opening + rest)
+    final = {
+        "": f"{{%- elif reasoning is not none -%}}{{%- set think = {block} -%}}",
+        "switch": f"{{%- elif not thinking -%}}{_refuse_reasoning(template)}{{{{- {empty} -}}}}{{%- else -%}}{{%- set think = {block} -%}}",
+        "always": f"{{%- elif not thinking -%}}{_refuse_reasoning(template)}{{{{- {empty} -}}}}"
+                  f"{{%- else -%}}{{{{- {_literal(opening)} -}}}}{{%- set think = (reasoning or '').strip('\\n') + {_literal(rest)} -%}}",
+    }[template.thinking]
+    past = "loop.index0 > tn.last_query and reasoning" if template.past_reasoning == "after_last_query" else "false"
+    return "".join([
+        "{%- set reasoning = none -%}{%- set content = message['content'] or '' -%}{%- set think = '' -%}",
+        "{%- if message.reasoning_content is defined and message.reasoning_content is not none -%}{%- set reasoning = message.reasoning_content -%}",
+        "{%- elif '</think>' in content -%}{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') -%}",
+        "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}{%- endif -%}",
+        f"{{%- if not (loop.last and has_prompt) -%}}{{%- if {past} -%}}{{%- set think = {block} -%}}{{%- endif -%}}",
+        final,
+        "{%- endif -%}",
+    ])
+
+
+def _refuse_reasoning(template: Template) -> str:
+    message = f"template '{template.name}': thinking is off (enable_thinking: false), yet the answer has reasoning"
+    return f"{{%- if reasoning -%}}{{{{ raise_exception({_literal(message)}) }}}}{{%- endif -%}}"
+
+
+def _generation_block(template: Template) -> str:
+    """What a generation prompt ends with (Template._generation_block)."""
+    if not template.thinking:
         return ""
-    return f"{{%- if loop.last and has_prompt -%}}{{{{ {_literal(template.final_answer_prefix)} }}}}{{%- endif -%}}"
+    empty = _literal(template.reasoning_format.replace("{reasoning}", ""))
+    opening = _literal(template.reasoning_format.partition("{reasoning}")[0]) if template.thinking == "always" else "''"
+    return f"{{%- if loop.last -%}}{{%- if not thinking -%}}{{{{- {empty} -}}}}{{%- else -%}}{{{{- {opening} -}}}}{{%- endif -%}}{{%- endif -%}}"
 
 
 def _answer(template: Template, style: Style | None) -> str:
     function = template.function or template.assistant
     return "".join([
-        _final(template),
-        f"{{%- if message.tool_calls -%}}{_calls(template, style)}{{{{- {_expr(function, content='calls')} -}}}}" if style else "{%- if false -%}",
-        f"{{%- elif message['role'] == 'function' -%}}{{{{- {_expr(function, content='message.content')} -}}}}",
-        f"{{%- else -%}}{{{{- {_expr(template.assistant, content='message.content')} -}}}}{{%- endif -%}}",
+        _think_block(template),
+        f"{{%- if message.tool_calls -%}}{_calls(template, style)}{{{{- {_expr(function, content='think + calls')} -}}}}" if style else "{%- if false -%}",
+        f"{{%- elif message['role'] == 'function' -%}}{{{{- {_expr(function, content='think + content')} -}}}}",
+        f"{{%- else -%}}{{{{- {_expr(template.assistant, content='think + content')} -}}}}{{%- endif -%}}",
         "{%- if loop.last -%}{{ eos }}{%- endif -%}" if template.answer_end else "",
     ])
 
@@ -134,9 +179,9 @@ def _prompt(template: Template, style: Style | None) -> str:
         f"{one}{{%- else -%}}{{{{- {_expr(template.user)} -}}}}{{%- endif -%}}",
     ])
     if not (style and template.observation):
-        return single + _final(template)
+        return single + _generation_block(template)
     grouped = f"{{%- if message['role'] in {RESULTS} -%}}{_results(template, style, separator)}{{%- else -%}}{single}{{%- endif -%}}"
-    return grouped + _final(template)
+    return grouped + _generation_block(template)
 
 
 def _results(template: Template, style: Style, separator: str) -> str:

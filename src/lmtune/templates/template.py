@@ -17,12 +17,26 @@ How an answer ends (`answer_end`):
 - `eos_label` (Baichuan2): nothing sits between turns either, but the model stops at EOS: the token
   that opens the next turn stays in the text and is trained to predict EOS (Baichuan2's
   fine-tune.py labels it so). The last answer ends with EOS.
+
+Reasoning (a Turn's `reasoning`) is written before the answer's content in `reasoning_format`, in
+the answer the model is writing (the last of a conversation). Earlier answers show it as the
+family's template does (`past_reasoning`): `drop` (DeepSeek-R1; and every template without a
+rule, as API clients send no reasoning back), or `after_last_query` (Qwen3: kept in the answers
+after the last user message, a tool loop's steps). `thinking` is how the family switches it:
+- "" (no switch): a think block only where the data has reasoning;
+- `switch` (Qwen3): with thinking off the prompt ends with an empty block (`enable_thinking=False`);
+  with thinking on the model writes the block itself, empty where the answer has no reasoning;
+- `always` (DeepSeek-R1): the prompt opens the block (`<think>\n`) and the model goes on from
+  there; with thinking off the prompt holds the whole empty block.
+A conversation's thinking is `Conversation.thinking` where set; else on when its last answer has
+reasoning or a user turn says /think or /no_think (Qwen3's soft switches: the model writes the
+block itself); else off for training data and `thinking_default` for a generation prompt.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -39,7 +53,10 @@ PROMPT_ROLES = (USER, OBSERVATION)  # what the model reads
 ANSWER_ROLES = (ASSISTANT, FUNCTION)  # what the model writes, and is trained on
 ANSWER_ENDS = ("", "next_turn", "eos_label")
 TOOLS_AT = ("system", "before_system", "after_system", "first_user")
-SLOT = re.compile(r"\{(content|input|bos|eos|tools)\}")
+SLOT = re.compile(r"\{(content|input|bos|eos|tools|reasoning)\}")
+PAST_REASONING = ("drop", "after_last_query")
+THINKING = ("", "switch", "always")
+SOFT_SWITCHES = ("/think", "/no_think")  # Qwen3's, at the end of a user message
 
 
 def fill(fmt: str, **values: str) -> str:
@@ -52,6 +69,7 @@ class Segment:
     text: str
     answer: bool  # the model writes this (trained), or reads it (prompt)
     eos_label: bool = False  # the segment's last token is trained to predict EOS, whatever it is (Baichuan2)
+    reasoning: int = 0  # an answer's first characters that are its think block (masked with data.train_reasoning: false)
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,10 @@ class Template:
     system_in_first_user: bool = False  # Llama-2 puts the system block inside the first [INST]
     always_system: bool = False  # the system block is written even without a system prompt (Llama 3.1 dates every chat)
     answer_end: str = ""  # see the module docstring: "", next_turn or eos_label
-    final_answer_prefix: str = ""  # read before the last answer and at the end of a generation prompt (Qwen3's empty <think>)
+    reasoning_format: str = "<think>\n{reasoning}\n</think>\n\n"  # an answer's reasoning, before its content
+    past_reasoning: str = "drop"  # which earlier answers show their reasoning: drop | after_last_query (see above)
+    thinking: str = ""  # how the family switches thinking: "" | switch | always (see above)
+    thinking_default: bool = True  # thinking for a generation prompt that does not say; off for a model trained without reasoning
     tools: str | None = None  # the tool-definitions block; {tools}: the definitions as tool_style writes them
     tools_at: str = "system"  # after the system prompt | before_system | after_system (own blocks) | first_user
     tool_style: str | None = None  # how definitions, calls and results are written (templates/tools.py)
@@ -98,11 +119,14 @@ class Template:
         # What goes in front of the first user message (Llama-2's system block, Llama 3.1's tools),
         # even when truncation left a tool result first.
         first_user = next((i for i, run in enumerate(runs) if run[0].role == USER), None)
+        last_query = max((i for i, run in enumerate(runs) if run[0].role == USER), default=-1)
+        thinking = self.thinking_on(conv)
         for index, turns in enumerate(runs):
             role = turns[0].role
             if role in ANSWER_ROLES:
                 final = index == len(runs) - 1 and has_prompt
-                segments += [Segment(self.final_answer_prefix if final else "", False), *self._answer(turns[0], style, conv.source, marks)]
+                read, written = self._think_block(turns[0], final, index > last_query, thinking, conv.source)
+                segments += [Segment(read, False), *self._answer(turns[0], written, style, conv.source, marks)]
             elif role in PROMPT_ROLES:
                 separator = self.separator if previous in ANSWER_ROLES else ""
                 fused = first_prompt if index == first_user else ""
@@ -111,8 +135,47 @@ class Template:
                 raise DataError(f"{conv.source}: turn has role '{role}'; expected one of {PROMPT_ROLES + ANSWER_ROLES}")
             previous = role
         if previous in PROMPT_ROLES:
-            segments.append(Segment(self.final_answer_prefix, False))
+            segments.append(Segment(self._generation_block(thinking), False))
         return self._close_answers(_merge(segments), eos)
+
+    # ------------------------------------------------------------ reasoning
+
+    def thinking_on(self, conv: Conversation) -> bool:
+        """Whether the model thinks in the answer a conversation ends with (or is to write next)."""
+        if conv.thinking is not None:
+            return conv.thinking
+        last = conv.turns[-1] if conv.turns else None
+        if last is not None and last.role in ANSWER_ROLES and last.reasoning is not None:
+            return True
+        if any(soft_switch(turn) for turn in conv.turns):
+            return True
+        return self.thinking_default if last is None or last.role in PROMPT_ROLES else False
+
+    def _think_block(self, turn: Turn, final: bool, after_query: bool, thinking: bool, source: str) -> tuple[str, str]:
+        """The think block of an answer: the part the prompt holds (read), the part the model writes."""
+        reasoning = turn.reasoning.strip("\n") if turn.reasoning is not None else None
+        if not final:
+            keep = self.past_reasoning == "after_last_query" and after_query and reasoning
+            return "", fill(self.reasoning_format, reasoning=reasoning) if keep else ""
+        if self.thinking and not thinking:
+            if reasoning:
+                raise DataError(f"{source}: thinking is off (enable_thinking: false), yet the answer has reasoning; "
+                                "drop the reasoning or turn thinking on")
+            return fill(self.reasoning_format, reasoning=""), ""
+        if self.thinking == "always":
+            opening, _, rest = self.reasoning_format.partition("{reasoning}")
+            return opening, (reasoning or "") + rest
+        if self.thinking == "switch" or reasoning is not None:
+            return "", fill(self.reasoning_format, reasoning=reasoning or "")
+        return "", ""
+
+    def _generation_block(self, thinking: bool) -> str:
+        """What a generation prompt ends with: nothing, the opened block (R1), or the empty one (thinking off)."""
+        if not self.thinking:
+            return ""
+        if not thinking:
+            return fill(self.reasoning_format, reasoning="")
+        return self.reasoning_format.partition("{reasoning}")[0] if self.thinking == "always" else ""
 
     def _style(self, conv: Conversation) -> Style | None:
         if conv.tools and not self.tools:
@@ -154,9 +217,10 @@ class Template:
         content = f"{turn.content}\n{turn.input}" if turn.input else turn.content
         return fill(self.user, content=fused + content, **marks)
 
-    def _answer(self, turn: Turn, style: Style | None, source: str, marks: dict[str, str]) -> list[Segment]:
-        """The answer is trained up to and including its end token; what the format puts after
-        that token (ChatML's newline) is read, not written."""
+    def _answer(self, turn: Turn, block: str, style: Style | None, source: str, marks: dict[str, str]) -> list[Segment]:
+        """The answer (its think block first) is trained up to and including its end token; what
+        the format puts after that token (ChatML's newline) is read, not written. An answer the
+        conversation shows otherwise than the model wrote it (turn.trained false) is read only."""
         fmt, content = self.assistant, turn.content
         if turn.role == FUNCTION:
             fmt = self.function or self.assistant
@@ -164,7 +228,8 @@ class Template:
                 calls = [style.call(call) for call in parse_calls(turn.content, source)]
                 content = join(calls, style.call_joiner, "function call", self.name, source)
         written, after = self._split_end(fmt)
-        return [Segment(fill(written, content=content, **marks), True), Segment(fill(after, **marks), False)]
+        text = fill(written, content=block + content, **marks)
+        return [Segment(text, turn.trained, reasoning=text.find(block) + len(block) if block and turn.trained else 0), Segment(fill(after, **marks), False)]
 
     def _close_answers(self, segments: list[Segment], eos: str) -> list[Segment]:
         """With answer_end set, an answer takes the token that opens the next turn as its end (or
@@ -177,10 +242,10 @@ class Template:
             if not segment.answer:
                 closed.append(segment)
             elif following is None:
-                closed.append(Segment(segment.text + eos, True))
+                closed.append(replace(segment, text=segment.text + eos))
             else:
                 token = self._opening_token(following.text)
-                closed.append(Segment(segment.text + token, True, eos_label=self.answer_end == "eos_label"))
+                closed.append(replace(segment, text=segment.text + token, eos_label=self.answer_end == "eos_label"))
                 segments[index + 1] = Segment(following.text[len(token) :], False)
         return [segment for segment in closed if segment.text]
 
@@ -223,6 +288,11 @@ class Template:
         return "{eos}" if written.endswith("{eos}") else max((t for t in self.tokens if written.endswith(t)), key=len)
 
 
+def soft_switch(turn: Turn) -> bool:
+    """Whether a user turn ends with Qwen3's /think or /no_think (then the model writes its think block itself)."""
+    return turn.role == USER and turn.content.rstrip().endswith(SOFT_SWITCHES)
+
+
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """Text before the first stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
@@ -244,8 +314,8 @@ def _merge(segments: list[Segment]) -> list[Segment]:
     """Adjacent segments of the same kind become one (the prefix and system block, say)."""
     merged: list[Segment] = []
     for segment in segments:
-        if merged and merged[-1].answer == segment.answer:
-            merged[-1] = Segment(merged[-1].text + segment.text, segment.answer)
+        if merged and merged[-1].answer == segment.answer and not segment.reasoning:
+            merged[-1] = replace(merged[-1], text=merged[-1].text + segment.text)
         elif segment.text:
             merged.append(segment)
     return merged
@@ -304,6 +374,9 @@ def _problem(t: Template) -> str | None:
         return f"with answer_end: {t.answer_end}, the user and observation formats must open with one of its tokens, with no separator"
     if t.tools and (t.tool_style not in STYLES or "{tools}" not in t.tools or t.tools_at not in TOOLS_AT):
         return f"tools need a tool_style ({', '.join(STYLES)}), a {{tools}} slot and tools_at in {list(TOOLS_AT)}"
+    if t.past_reasoning not in PAST_REASONING or t.thinking not in THINKING or "{reasoning}" not in t.reasoning_format:
+        return (f"past_reasoning must be one of {list(PAST_REASONING)}, thinking one of {list(THINKING)}, "
+                "and reasoning_format needs a {reasoning} slot")
     if t.tool_style and t.tool_style not in STYLES:
         return f"unknown tool_style {t.tool_style!r}; known: {', '.join(STYLES)}"
     return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -69,7 +69,7 @@ def train(config: RunConfig, read: ReadData | None = None) -> TrainResult:
 
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
     template = template_for(config.data.template, tokenizer, config.data.template_file)
-    encoder = Encoder(tokenizer, template, config.data.cutoff_len, config.data.train_on)
+    encoder = Encoder.for_data(tokenizer, template, config.data)
     with processes.main_process_first():  # rank 0 encodes and caches; the others read its cache
         data = prepare(config.data, encoder, config.train.seed, read)
     if main:
@@ -105,6 +105,10 @@ def train(config: RunConfig, read: ReadData | None = None) -> TrainResult:
     if not main:
         return TrainResult(output_dir, data.report, outcome.training_loss, None, main_process=False)
     if isinstance(template, Template):  # with template: auto the tokenizer already carries its chat_template
+        if template.thinking and not any(f.reasoning for f in data.report.files.values()):
+            # Trained on answers without reasoning, all after an empty think block: chat and serve
+            # prompt the same way unless asked to think.
+            template = replace(template, thinking_default=False)
         save_template(template, output_dir)
         tokenizer.chat_template = to_jinja(template)  # transformers and vLLM then format prompts as training did
     tokenizer.save_pretrained(output_dir)
