@@ -14,6 +14,19 @@ from lmtune.cli.options import ADAPTER, KB_K, KB_THRESHOLD, MODEL, ON_NO_HIT, QU
 from lmtune.cli.output import console, out_console
 from lmtune.errors import LmtuneError
 
+THINKING = typer.Option(
+    None, "--thinking", help="on | off: a thinking model reasons first, or answers at once (Qwen3's switch; default: the template's own)."
+)
+
+
+def thinking_switch(value: str | None) -> bool | None:
+    """--thinking on | off as Conversation.thinking (None: not given)."""
+    if value is None:
+        return None
+    if value not in ("on", "off"):
+        raise LmtuneError(f"--thinking {value}: choose on or off")
+    return value == "on"
+
 
 def load(model, adapter, template, sampling: dict, defaults: dict | None = None, quantize: int | None = None):
     """The engine, with the run's generate settings under the command-line ones."""
@@ -47,9 +60,11 @@ def chat(
     kb_k: Optional[int] = KB_K,
     kb_threshold: Optional[float] = KB_THRESHOLD,
     on_no_hit: Optional[str] = ON_NO_HIT,
+    thinking: Optional[str] = THINKING,
     sampling: dict = None,
 ):
-    """Talk to a model in the terminal; answers stream as they are generated."""
+    """Talk to a model in the terminal; answers (and a thinking model's reasoning, dimmed) stream as they are generated."""
+    switch = thinking_switch(thinking)
     retriever = None
     if kb:  # before the model loads: a missing knowledge base fails at once
         from lmtune.kb.ground import open_retriever
@@ -58,17 +73,22 @@ def chat(
     engine = load(model, adapter, template, sampling, quantize=quantize)
     from lmtune.infer.chat import chat_loop
 
-    def write(text: str) -> None:
-        sys.stdout.write(text)
+    def write(text: str, style: str | None = None) -> None:
+        if style:  # rich styles only where stdout is a terminal; plain text when piped
+            out_console.print(text, style=style, end="", markup=False, highlight=False, emoji=False)
+        else:
+            sys.stdout.write(text)
         sys.stdout.flush()
 
-    chat_loop(engine, input, write, system, retriever)
+    chat_loop(engine, input, write, system, retriever, switch)
 
 
 @sampling_options
 def generate(
     data: Path = typer.Option(..., "--data", help="Records to answer (any supported data format)."),
-    out: Path = typer.Option(..., "--out", help="Output .jsonl: every input field plus `prediction`; re-running resumes."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output .jsonl: every input field plus `prediction` (and a thinking model's `reasoning`); re-running resumes."
+    ),
     model: Optional[str] = MODEL,
     adapter: Optional[str] = ADAPTER,
     template: Optional[str] = TEMPLATE,
@@ -76,6 +96,7 @@ def generate(
         None, "--as-dataset", help="Also write the answers as a training set (alpaca | sharegpt | messages): distillation."
     ),
     quantize: Optional[int] = QUANTIZE,
+    thinking: Optional[str] = THINKING,
     sampling: dict = None,
 ):
     """Answer every record of a data file in batches; re-running skips records already answered."""
@@ -85,7 +106,7 @@ def generate(
 
     if as_dataset and as_dataset not in DATASET_FORMATS:
         raise LmtuneError(f"--as-dataset {as_dataset}: choose one of {', '.join(DATASET_FORMATS)}")
-    items = read_items(data)
+    items = read_items(data, thinking_switch(thinking))
     engine = load(model, adapter, template, sampling, quantize=quantize)
     with Progress(console=console) as progress:
         task = progress.add_task("generating", total=len(items))

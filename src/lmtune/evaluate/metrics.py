@@ -12,6 +12,8 @@ import re
 from collections import Counter
 from functools import lru_cache
 
+from lmtune.templates.reasoning import CLOSE, Parsed, parse_output, split_answer
+
 HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9]+(?:'[A-Za-z]+)?|[^\sA-Za-z0-9]")
 
@@ -103,14 +105,40 @@ def has_loop(text: str, n: int = 3, repeats: int = 3) -> bool:
 
 
 # The fields `lmtune generate` adds to each record; the rest is the record that was answered.
-ADDED = ("prediction", "finish_reason", "reference")
+REASONING_FIELDS = ("reasoning", "reasoning_closed")  # only where the output had a think block
+ADDED = ("prediction", "finish_reason", "reference", *REASONING_FIELDS)
+
+
+def parse_prediction(text: str, opened: bool | None = None) -> Parsed:
+    """A model's output as reasoning and answer. `opened`: whether its prompt ended inside an open
+    think block; None when that is not known (a prediction file from elsewhere, a completion
+    without its prompt): then a `</think>` with no `<think>` before it still ends the reasoning,
+    as it does after DeepSeek-R1's prompt, which opens the block itself."""
+    parsed = parse_output(text, bool(opened))
+    if opened is None and parsed.reasoning is None and CLOSE in text:
+        return parse_output(text, opened=True)
+    return parsed
+
+
+def parsed_row(row: dict) -> Parsed:
+    """A prediction row's reasoning and answer: `lmtune generate` writes them apart (`reasoning`,
+    `reasoning_closed`, `prediction`); a row from elsewhere may still hold its think block."""
+    if "reasoning" in row:
+        return Parsed(row["reasoning"], row["prediction"], row.get("reasoning_closed") is not False)
+    return parse_prediction(row["prediction"])
 
 
 def reference(row: dict) -> str | None:
     """The answer a prediction is scored against: `reference` (written by generate for formats
-    other than alpaca), else alpaca's `output`."""
+    other than alpaca), else alpaca's `output`; without the think block an answer in the data may
+    open with (predictions are scored on their answer alone)."""
     value = row.get("reference", row.get("output"))
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return split_answer(value)[1]
+    except ValueError:  # a block that never closes: no answer to take apart, so all of it
+        return value
 
 
 def record_scores(prediction: str, expected: str) -> dict[str, float]:
@@ -123,11 +151,18 @@ def record_scores(prediction: str, expected: str) -> dict[str, float]:
 
 
 def score(rows: list[dict]) -> dict:
-    """Mean metrics over prediction rows (see `reference`), plus the two bad-case shares."""
-    per_row = [record_scores(r["prediction"], reference(r)) for r in rows]
+    """Mean metrics of the answers (a thinking model's reasoning apart, see `parsed_row`) against the
+    references (see `reference`), plus the two bad-case shares; and where some output reasoned, how
+    many did and the share whose think block never closed (cut off by max_new_tokens inside it)."""
+    parsed = [parsed_row(r) for r in rows]
+    per_row = [record_scores(p.answer, reference(r)) for p, r in zip(parsed, rows)]
     summary = {key: sum(m[key] for m in per_row) / len(per_row) for key in per_row[0]} if per_row else {}
     summary["hit_max_new_tokens"] = sum(r.get("finish_reason") == "length" for r in rows) / max(len(rows), 1)
-    summary["repetition_loop"] = sum(has_loop(r["prediction"]) for r in rows) / max(len(rows), 1)
+    summary["repetition_loop"] = sum(has_loop(p.answer) for p in parsed) / max(len(rows), 1)
+    reasoned = [p for p in parsed if p.reasoning is not None]
+    if reasoned:
+        summary["with_reasoning"] = len(reasoned)
+        summary["reasoning_unclosed"] = sum(not p.closed for p in reasoned) / len(rows)
     summary["records"] = len(rows)
     return summary
 

@@ -15,10 +15,15 @@ from pathlib import Path
 from lmtune.data.formats import detect_format, to_conversation
 from lmtune.data.records import USER
 from lmtune.errors import DataError
-from lmtune.evaluate.metrics import ADDED, has_loop, read_predictions, record_scores, reference, score
+from lmtune.evaluate.metrics import ADDED, has_loop, parsed_row, read_predictions, record_scores, reference, score
 
 METRICS = {"bleu-4": "BLEU-4", "rouge-1": "ROUGE-1", "rouge-2": "ROUGE-2", "rouge-l": "ROUGE-L"}
-SHARES = {"hit_max_new_tokens": "hit max_new_tokens", "repetition_loop": "repetition loop"}
+# reasoning_unclosed only where some output reasoned (metrics.score)
+SHARES = {
+    "hit_max_new_tokens": "hit max_new_tokens",
+    "repetition_loop": "repetition loop",
+    "reasoning_unclosed": "think block never closed",
+}
 _SAME_DATA = "compare predictions of the same data file"
 
 
@@ -36,7 +41,11 @@ def write_comparison(pred_a: Path, pred_b: Path, out: Path, names: tuple[str, st
         "names": list(names),
         "a": summary_a,
         "b": summary_b,
-        "difference": {key: summary_b[key] - summary_a[key] for key in (*METRICS, *SHARES)},
+        "difference": {
+            key: summary_b.get(key, 0.0) - summary_a.get(key, 0.0)
+            for key in (*METRICS, *SHARES)
+            if key in summary_a or key in summary_b
+        },
         "rouge_l_b_vs_a": outcome,
         "records": len(rows_a),
     }
@@ -70,7 +79,8 @@ def _answered(row: dict) -> dict:
 
 
 def _record(row: dict) -> dict:
-    return {**record_scores(row["prediction"], reference(row)), "loop": has_loop(row["prediction"])}
+    answer = parsed_row(row).answer
+    return {**record_scores(answer, reference(row)), "loop": has_loop(answer)}
 
 
 def _outcome(scores_a: dict, scores_b: dict) -> str:
@@ -148,7 +158,9 @@ def _summary_table(summary: dict, a: str, b: str) -> str:
     for key, label in METRICS.items():
         lines.append(_summary_row(label, summary["a"][key], summary["b"][key], "{:.2f}", higher_is_better=True))
     for key, label in SHARES.items():  # shown as percentages; fewer is better
-        share_a, share_b = summary["a"][key] * 100, summary["b"][key] * 100
+        if key not in summary["difference"]:
+            continue
+        share_a, share_b = summary["a"].get(key, 0.0) * 100, summary["b"].get(key, 0.0) * 100
         lines.append(_summary_row(label, share_a, share_b, "{:.1f}%", higher_is_better=False))
     outcome = summary["rouge_l_b_vs_a"]
     return f"""<h2>Summary</h2>
@@ -181,14 +193,18 @@ def _record_row(index: int, row_a: dict, row_b: dict, scores_a: dict, scores_b: 
 
 
 def _answer(row: dict, scores: dict, better: bool) -> str:
-    flags = []
+    parsed, flags = parsed_row(row), []
     if row.get("finish_reason") == "length":
         flags.append('<span class="flag">hit max_new_tokens</span>')
+    if not parsed.closed:
+        flags.append('<span class="flag">think block never closed</span>')
     if scores["loop"]:
         flags.append('<span class="flag">repetition loop</span>')
     numbers = " · ".join(f"<span>{label} {scores[key]:.1f}</span>" for key, label in METRICS.items())
     css = ' class="better"' if better else ""
-    return f'<td{css}>{_text(row["prediction"])}<div class="scores">{numbers}</div>{"".join(flags)}</td>'
+    # The reasoning folded away above the answer it led to (<details>: no script needed).
+    thought = "" if parsed.reasoning is None else f"<details><summary>reasoning</summary>{_text(parsed.reasoning)}</details>"
+    return f'<td{css}>{thought}{_text(parsed.answer)}<div class="scores">{numbers}</div>{"".join(flags)}</td>'
 
 
 def _text(value: str) -> str:

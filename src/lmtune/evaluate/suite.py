@@ -174,6 +174,7 @@ METRICS = [
     ("ROUGE-L", ("generation", "rouge-l"), True),
     ("hit max_new_tokens %", ("generation", "hit_max_new_tokens"), False),
     ("repetition loop %", ("generation", "repetition_loop"), False),
+    ("think block never closed %", ("generation", "reasoning_unclosed"), False),  # only where some output reasoned
     ("choice accuracy %", ("choice", "overall", "accuracy"), True),
     ("preference accuracy %", ("preference", "accuracy"), True),
     ("preference margin", ("preference", "margin"), True),

@@ -4,6 +4,10 @@ Records are sorted by prompt length so that a batch wastes little on padding, an
 batch is appended to the output at once: a run that is stopped loses at most one batch, and
 running the same command again answers only the records that have no prediction yet. When all
 are answered the file is rewritten in input order.
+
+A thinking model's output is split (templates.reasoning): `prediction` holds the answer alone,
+`reasoning` the think block's text, and `reasoning_closed` false marks a block that never closed
+(cut off by max_new_tokens: there is no answer). A distillation set keeps the two apart too.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +24,8 @@ from lmtune.data.convert import TARGETS, from_conversation
 from lmtune.data.readers import read_conversations
 from lmtune.data.records import ASSISTANT, Conversation, Turn
 from lmtune.errors import DataError, RecordError
-from lmtune.evaluate.metrics import ADDED
+from lmtune.evaluate.metrics import ADDED, REASONING_FIELDS, parsed_row
+from lmtune.templates.reasoning import Parsed, parse_output
 
 if TYPE_CHECKING:  # the records are read and checked before the engine (torch) is imported
     from lmtune.infer.engine import Engine
@@ -42,8 +47,12 @@ class Generated:
     rows: list[dict]  # the output, in input order
 
 
-def read_items(data: str | Path) -> list[Item]:
-    return [to_item(conv, record) for conv, record in read_conversations(data, prompt_only=True)]
+def read_items(data: str | Path, thinking: bool | None = None) -> list[Item]:
+    """The records' questions; `thinking` (on, off; None: as each record says) for templates with a switch."""
+    items = [to_item(conv, record) for conv, record in read_conversations(data, prompt_only=True)]
+    if thinking is not None:
+        items = [replace(item, prompt=replace(item.prompt, thinking=thinking)) for item in items]
+    return items
 
 
 def to_item(conv: Conversation, record: dict | None = None) -> Item:
@@ -67,8 +76,9 @@ def generate_file(
     batch_size: int,
     progress: Callable[[int], None] = lambda n: None,
 ) -> Generated:
-    """Writes each input record plus `prediction` and `finish_reason` (stop | length), and
-    `reference` (the record's last answer) when the record has no alpaca `output` field."""
+    """Writes each input record plus `prediction` (the answer) and `finish_reason` (stop | length),
+    `reference` (the record's last answer) when the record has no alpaca `output` field, and
+    `reasoning` and `reasoning_closed` when the output had a think block."""
     out = Path(out)
     done = _earlier_answers(out, items)
     todo = [i for i in range(len(items)) if i not in done]
@@ -81,7 +91,9 @@ def generate_file(
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             for index, reply in zip(batch, engine.generate([items[i].prompt for i in batch])):
-                done[index] = _row(items[index], reply.text, reply.finish_reason)
+                # After a prompt that opens the think block (DeepSeek-R1's) the output starts inside it.
+                parsed = parse_output(reply.text, engine.encoder.opens_reasoning(items[index].prompt))
+                done[index] = _row(items[index], parsed, reply.finish_reason)
                 f.write(json.dumps(done[index], ensure_ascii=False) + "\n")
             f.flush()
             progress(len(batch))
@@ -90,8 +102,12 @@ def generate_file(
     return Generated(len(items), len(todo), rows)
 
 
-def _row(item: Item, prediction: str, reason: str) -> dict:
-    row = {**item.record, "prediction": prediction, "finish_reason": reason}
+def _row(item: Item, parsed: Parsed, reason: str) -> dict:
+    row = {**item.record, "prediction": parsed.answer, "finish_reason": reason}
+    for key in REASONING_FIELDS:  # a record's own reasoning field would read as the model's
+        row.pop(key, None)
+    if parsed.reasoning is not None:
+        row.update(reasoning=parsed.reasoning, reasoning_closed=parsed.closed)
     if not isinstance(item.record.get("output"), str) and item.reference is not None:
         row["reference"] = item.reference
     return row
@@ -163,14 +179,17 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def write_dataset(items: list[Item], rows: list[dict], fmt: str, path: Path) -> Counter:
     """The teacher's answers as a training set (sequence-level distillation). Answers that hit
-    max_new_tokens stop mid-sentence: they are left out and counted, never trained on."""
+    max_new_tokens stop mid-sentence (or inside their reasoning): they are left out and counted,
+    never trained on. A thinking teacher's reasoning stays apart from its answer (Turn.reasoning,
+    written as each format keeps it: data.convert), so the student learns to think, then answer."""
     counts: Counter = Counter()
     records = []
     for item, row in zip(items, rows):
-        if row["finish_reason"] != "stop" or not row["prediction"].strip():
+        parsed = parsed_row(row)
+        if row["finish_reason"] != "stop" or not parsed.closed or not parsed.answer.strip():
             counts["left out: cut off by max_new_tokens, or empty"] += 1
             continue
-        answered = Conversation([*item.prompt.turns, Turn(ASSISTANT, row["prediction"])], item.prompt.system)
+        answered = replace(item.prompt, turns=[*item.prompt.turns, Turn(ASSISTANT, parsed.answer, reasoning=parsed.reasoning)])
         try:
             records.append(from_conversation(answered, fmt))
         except RecordError as exc:
@@ -178,3 +197,4 @@ def write_dataset(items: list[Item], rows: list[dict], fmt: str, path: Path) -> 
         counts["written"] += 1
     _write_jsonl(path, records)
     return counts
+

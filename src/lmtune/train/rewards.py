@@ -1,12 +1,16 @@
 """GRPO's reward functions (grpo.rewards), in the form TRL's GRPOTrainer calls them.
 
-Built-ins score the answer as `lmtune generate` would return it (cut at the template's stop strings):
-- exact_match: 1 when the stripped answer is the stripped reference, else 0;
-- format:REGEX: 1 when the regex matches the whole stripped answer (re.fullmatch, "." matches newlines), else 0;
+Built-ins score the completion as `lmtune generate` would return it (cut at the template's stop strings):
+- exact_match: 1 when the stripped answer is the stripped reference, else 0; a thinking model's
+  answer is what follows its reasoning (templates.reasoning.parse_output; the prompt says whether
+  the block was opened for it), and one whose think block never closed has none;
+- format:REGEX: 1 when the regex matches the whole stripped completion, think block included, so a
+  pattern can require one (re.fullmatch, "." matches newlines), else 0;
 - length: -tokens / max_new_tokens (shorter is better: 0 for an empty answer, -1 at the limit);
 - length:N: -|tokens - N| / N (0 at N tokens, -1 at none or 2N).
-A user's function, "path/module.py:function", gets (prompts, completions, references) lists and returns one
-number per completion; anything else it does stops the run with what it returned.
+A user's function, "path/module.py:function", gets (prompts, completions, references) lists, the completions
+whole (reasoning included), and returns one number per completion; anything else it does stops the run
+with what it returned.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmtune.errors import ConfigError
+from lmtune.evaluate.metrics import parse_prediction
+from lmtune.templates.reasoning import opens_reasoning
 from lmtune.templates.template import cut_at_stop
 from lmtune.train.guards import TrainingStopped
 
@@ -34,8 +40,9 @@ def _function(spec: str, max_new_tokens: int, stops: tuple[str, ...]) -> Callabl
     kind, _, rest = spec.partition(":")
     if spec == "exact_match":
 
-        def exact_match(completions, reference, **_):
-            return [float(a == r.strip()) for a, r in zip(answers(completions), reference)]
+        def exact_match(completions, reference, prompts=None, **_):
+            found = _answers_after_reasoning(answers(completions), prompts)
+            return [float(a is not None and a == r.strip()) for a, r in zip(found, reference)]
 
         return exact_match
     if kind == "format":
@@ -55,6 +62,16 @@ def _function(spec: str, max_new_tokens: int, stops: tuple[str, ...]) -> Callabl
 
         return length
     return _checked(_load(spec), spec, answers)
+
+
+def _answers_after_reasoning(completions: list[str], prompts: list | None) -> list[str | None]:
+    """Each completion's answer after its reasoning (None: the think block never closed). With the
+    prompt's text, whether the prompt opened the block (DeepSeek-R1's); without it, a bare `</think>`
+    still ends the reasoning."""
+    known = prompts is not None and len(prompts) == len(completions) and all(isinstance(p, str) for p in prompts)
+    opened = [opens_reasoning(p) for p in prompts] if known else [None] * len(completions)
+    parsed = [parse_prediction(c, o) for c, o in zip(completions, opened)]
+    return [p.answer.strip() if p.closed else None for p in parsed]
 
 
 def _load(spec: str) -> Callable:
