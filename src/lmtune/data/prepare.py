@@ -33,6 +33,7 @@ class Prepared:
     dev: list[Sample]
     report: LoadReport
     from_cache: bool = False
+    conversations: int | None = None  # SFT training conversations the samples came from, when encoded now
 
     @property
     def truncated(self) -> int:
@@ -53,7 +54,8 @@ def prepare(data: DataConfig, encoder: Encoder, seed: int, read: ReadData | None
     with gc_paused():
         loaded = load_data(data, encoder.tokenizer, seed, read)
         encode = document_samples if data.stage == "pt" else encode_all
-        prepared = Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report)
+        prepared = Prepared(encode(loaded.train, encoder), encode(loaded.dev, encoder), loaded.report,
+                            conversations=len(loaded.train) if data.stage == "sft" else None)
     if folder:
         _write_cache(folder, prepared, records)
     return prepared

@@ -167,6 +167,9 @@ def _check_engines(config: RunConfig) -> None:
 
 def _log_data(data: Prepared, output_dir: Path) -> None:
     log.info("data: %s; %d truncated to cutoff_len", data.report.summary(), data.truncated)
+    if data.conversations and len(data.train) > data.conversations:
+        log.info("data: %d training samples from %d conversations: answers the template shows otherwise later "
+                 "(past reasoning dropped) are trained in their own context (data.rewritten_answers)", len(data.train), data.conversations)
     for file in data.report.files.values():
         if file.encoding not in ("utf-8", "utf-8-sig", ""):  # said, so a wrong guess is seen before hours of training
             log.info("data: %s read as %s text", file.path, file.encoding)
