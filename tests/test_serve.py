@@ -4,6 +4,7 @@ fine-tune (which answers its four training questions exactly) and a LoRA adapter
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -52,8 +53,11 @@ def lora_dir(full_run, tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def server(full_run, lora_dir):
+@contextlib.contextmanager
+def live_server(**settings):
+    """A real server on a free port (ServeConfig(**settings), key KEY) in this process, so tests can
+    reach its engine; yields (url, serving). It answers before the model is loaded, as `lmtune
+    serve` does: serving.loading_status is what /health said then."""
     import uvicorn
 
     from lmtune.config import ServeConfig
@@ -61,7 +65,7 @@ def server(full_run, lora_dir):
     from lmtune.serve.engines import served_models
     from lmtune.serve.server import start_backend
 
-    config = ServeConfig(model=str(full_run / "out"), adapters={"lora": str(lora_dir)}, api_key=KEY, port=free_port(), max_batch=8)
+    config = ServeConfig(api_key=KEY, port=free_port(), **settings)
     serving = Serving(list(served_models(config)), config.api_key)
     uv = uvicorn.Server(uvicorn.Config(create_app(serving), host="127.0.0.1", port=config.port, log_level="warning"))
     threading.Thread(target=uv.run, daemon=True).start()
@@ -70,8 +74,16 @@ def server(full_run, lora_dir):
     loading = httpx.get(f"{url}/health")
     serving.backend = start_backend(config)
     serving.loading_status = loading.status_code
-    yield url, serving
-    uv.should_exit = True
+    try:
+        yield url, serving
+    finally:
+        uv.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def server(full_run, lora_dir):
+    with live_server(model=str(full_run / "out"), adapters={"lora": str(lora_dir)}, max_batch=8) as running:
+        yield running
 
 
 @pytest.fixture

@@ -2,6 +2,11 @@
 
 Generation happens in a backend (the in-process Batcher, or a Pool of worker processes) that
 answers each request with events; this module only turns events into HTTP.
+
+A chat answer's reasoning (a think block, templates/reasoning.py) goes apart from its content, under
+both names clients read: `reasoning_content` (llama.cpp, SGLang, older vLLM) and `reasoning` (vLLM
+>= 0.10, Ollama); streamed, as deltas of those before the content's. An answer without reasoning
+has neither field, as before.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from starlette.exceptions import HTTPException
 from lmtune.serve.metrics import Metrics
 from lmtune.errors import LmtuneError
 from lmtune.serve.schemas import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, conversation, parse
+from lmtune.templates.reasoning import ReasoningStream, parse_output
 
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 PLACEHOLDER = "<!doctype html><meta charset=utf-8><title>lmtune</title><p>The API is at <code>/v1</code>.</p>"
@@ -78,10 +84,10 @@ def create_app(serving: Serving) -> FastAPI:
     async def chat(request: Request):
         body = parse(ChatRequest, await request.body())
         serving.ready(body.model)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        messages, fields, refusal = await _grounded(serving, body, messages)
+        messages, fields, refusal = await _grounded(serving, body, body.turns())
         max_tokens = body.max_completion_tokens or body.max_tokens
-        extra = {"messages": messages, "max_tokens": max_tokens, "logprobs": body.logprobs, "top_logprobs": body.top_logprobs}
+        extra = {"messages": messages, "thinking": body.thinking(), "max_tokens": max_tokens, "logprobs": body.logprobs,
+                 "top_logprobs": body.top_logprobs}
         return await _answer(serving, "chat", body, extra, fields, refusal)
 
     @app.post("/v1/completions")
@@ -157,7 +163,7 @@ async def _answer(serving: Serving, kind: str, body, extra: dict, fields: dict |
         backend.submit(call.id, request, call.emit)
     else:
         call.refuse(refusal)
-    prompt_tokens = (await call.next_event())[1]  # "start", or an ApiError raised
+    _, prompt_tokens, call.opened = await call.next_event()  # "start", or an ApiError raised
     if body.stream:
         first = await call.next_event()  # an error before the first token still gets its own status
         return StreamingResponse(call.stream(prompt_tokens, first), media_type="text/event-stream")
@@ -178,10 +184,12 @@ class _Call:
         self.events: asyncio.Queue = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.done = False
+        self.opened = False  # the prompt opens a think block: the text starts with reasoning
+        self.splits: dict[int, _Split] = {}  # each streamed chat choice's reasoning apart from its answer
 
     def refuse(self, text: str) -> None:
         """Answer every choice with a fixed text, as a backend would have: no model involved."""
-        self.events.put_nowait(("start", 0))
+        self.events.put_nowait(("start", 0, False))
         for index in range(self.body.n):
             self.events.put_nowait(("text", index, text, None))
             self.events.put_nowait(("done", index, text, "stop", 0, None))
@@ -219,9 +227,12 @@ class _Call:
                     yield self._chunk(usage, index, {"role": "assistant", "content": ""})
             while event[0] != "end":
                 if event[0] == "text" and (event[2] or event[3]):
-                    yield self._chunk(usage, event[1], self._delta(event[2]), logprobs=event[3])
+                    for i, delta in enumerate(self._deltas(event[1], event[2]) or [self._delta("")]):
+                        yield self._chunk(usage, event[1], delta, logprobs=event[3] if i == 0 else None)
                 elif event[0] == "done":
                     completion += event[4]
+                    for delta in self._deltas(event[1], None):  # what the split held back
+                        yield self._chunk(usage, event[1], delta)
                     yield self._chunk(usage, event[1], {} if self.kind == "chat" else self._delta(""), reason=event[3])
                 event = await self.next_event()
             self._finished(completion)
@@ -254,6 +265,13 @@ class _Call:
     def _delta(self, text: str) -> dict:
         return {"content": text} if self.kind == "chat" else {"text": text}
 
+    def _deltas(self, index: int, text: str | None) -> list[dict]:
+        """A choice's new text as deltas: for chat, its reasoning apart from its content (text None:
+        the answer has ended, and the split gives out what it held back)."""
+        if self.kind != "chat":
+            return [self._delta(text)] if text else []
+        return self.splits.setdefault(index, _Split(self.opened)).deltas(text)
+
     def _chunk(self, usage: bool, index: int, delta: dict, reason: str | None = None, logprobs: list | None = None) -> str:
         choice = {"index": index, **({"delta": delta} if self.kind == "chat" else delta), "finish_reason": reason,
                   "logprobs": {"content": logprobs} if logprobs and self.kind == "chat" else None}
@@ -262,8 +280,38 @@ class _Call:
     def _choice(self, index: int, text: str, reason: str, logprobs: list) -> dict:
         if self.kind == "completion":
             return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
-        return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-                "logprobs": {"content": logprobs} if self.body.logprobs else None}
+        parsed = parse_output(text, self.opened)
+        message = {"role": "assistant", "content": parsed.answer, **(_reasoning(parsed.reasoning) if parsed.reasoning else {})}
+        return {"index": index, "message": message, "finish_reason": reason, "logprobs": {"content": logprobs} if self.body.logprobs else None}
+
+
+class _Split:
+    """One streamed chat choice's text as deltas, its reasoning apart from its content."""
+
+    def __init__(self, opened: bool):
+        self.stream = ReasoningStream(opened)
+        # Whitespace before the first word goes out as content as it comes, as it did before
+        # reasoning was split: the stream would hold it until it knows whether a think block follows.
+        self.leading = not opened
+
+    def deltas(self, text: str | None) -> list[dict]:
+        """The deltas for new text (None: the answer has ended; what the stream held back)."""
+        if text is None:
+            return _deltas("", *self.stream.close())
+        lead = ""
+        if self.leading:
+            word = text.lstrip()
+            lead, text, self.leading = text[: len(text) - len(word)], word, not word
+        return _deltas(lead, *self.stream.feed(text))
+
+
+def _deltas(lead: str, reasoning: str, answer: str) -> list[dict]:
+    return [delta for delta, given in (({"content": lead}, lead), (_reasoning(reasoning), reasoning), ({"content": answer}, answer)) if given]
+
+
+def _reasoning(text: str) -> dict:
+    """Reasoning under both names clients read (the module docstring)."""
+    return {"reasoning_content": text, "reasoning": text}
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:

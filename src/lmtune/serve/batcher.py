@@ -8,9 +8,12 @@ into its cache), up to max_batch answers; finished or abandoned rows leave it at
 Everything a request hears comes as events (plain tuples), so a worker process can forward them
 over a pipe unchanged:
 
-    ("start", prompt_tokens)  ("text", choice, text, logprobs)
+    ("start", prompt_tokens, opened)  ("text", choice, text, logprobs)
     ("done", choice, text, finish_reason, completion_tokens, logprobs)  ("end",)
     ("error", status, message, param, code)     "end" and "error" are the last event of a request
+
+`opened`: the chat prompt ends inside an open think block (Encoder.opens_reasoning), so the text
+starts with reasoning; the API splits reasoning from answer, the backend sends text as written.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Job:
     remaining: int = 0
     ended: bool = False
     extra: dict = field(default_factory=dict)
+    opened: bool = False  # the prompt opens a think block (Encoder.opens_reasoning)
 
 
 class Batcher:
@@ -68,7 +72,7 @@ class Batcher:
             if len(self.queue) >= self.max_queue:
                 return emit(job_id, ApiError(429, f"the server is busy: {self.max_queue} requests are waiting already (--max-queue); retry later",
                                              code="queue_full").event())
-            emit(job_id, ("start", len(job.rows[0].prompt)))
+            emit(job_id, ("start", len(job.rows[0].prompt), job.opened))
             self.queue.append(job)
             self.jobs[job_id] = job
             self.cond.notify()
@@ -159,9 +163,9 @@ class Batcher:
     # ------------------------------------------------------------ requests → rows
 
     def _job(self, job_id: str, request: dict, emit: Emit) -> Job:
-        prompt, stops = self._prompt(request)
+        prompt, stops, opened = self._prompt(request)
         sampling = self._sampling(request, len(prompt))
-        job = Job(job_id, request["model"], [], emit, remaining=request.get("n", 1))
+        job = Job(job_id, request["model"], [], emit, remaining=request.get("n", 1), opened=opened)
         for index in range(request.get("n", 1)):
             seed = None if sampling.seed is None else sampling.seed + index  # n answers, each redoable
             job.rows.append(Row(
@@ -179,16 +183,17 @@ class Batcher:
             job.ended = True
             job.emit(job.id, ("end",))
 
-    def _prompt(self, request: dict) -> tuple[list[int], tuple[str, ...]]:
+    def _prompt(self, request: dict) -> tuple[list[int], tuple[str, ...], bool]:
+        """Prompt ids, stop strings, and whether the prompt opens a think block."""
         engine, extra = self.engine, tuple(request.get("stop") or ())
         if request["kind"] == "completion":  # the raw prompt: no template, so only the client's stops
-            return engine.encoder.bos + engine.tokenizer.encode(request["prompt"], add_special_tokens=False), extra
-        conv = conversation(request["messages"])
+            return engine.encoder.bos + engine.tokenizer.encode(request["prompt"], add_special_tokens=False), extra, False
+        conv = conversation(request["messages"], request.get("thinking"))
         try:
             prompt = engine.encoder.prompt_ids(conv)
         except LmtuneError as exc:
             raise ApiError(400, f"the template '{engine.template.name}' cannot express this conversation: {exc}", "messages") from None
-        return prompt, tuple(dict.fromkeys((*engine.stops, *extra)))
+        return prompt, tuple(dict.fromkeys((*engine.stops, *extra))), engine.encoder.opens_reasoning(conv)
 
     def _sampling(self, request: dict, prompt_tokens: int) -> Sampling:
         """The request's settings over the run's generate defaults; max_tokens fitted to the window."""

@@ -2,16 +2,22 @@
 
 Unknown fields are ignored, as OpenAI does; a field lmtune cannot honour but that would change
 the answer (echo, best_of, suffix, logprobs on completions) is refused rather than dropped.
+
+Thinking (templates/reasoning.py): an assistant message's reasoning comes as `reasoning_content`
+(llama.cpp, SGLang, older vLLM) or `reasoning` (vLLM >= 0.10, Ollama), or as a think block in its
+content; a request turns thinking on or off with vLLM's `chat_template_kwargs.enable_thinking`
+(DeepSeek-V3.1's `thinking`) or OpenAI's `reasoning_effort` ("none": off).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
+from lmtune.templates.reasoning import CLOSE, OPEN, split_answer
 
 
 class ApiError(Exception):
@@ -40,6 +46,26 @@ class _Body(BaseModel):
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict] | None = None
+    reasoning_content: str | None = None  # an assistant message's reasoning, as llama.cpp and SGLang name it
+    reasoning: str | None = None  # the same, as vLLM >= 0.10 and Ollama name it
+
+    def fields(self, index: int) -> dict:
+        """The message as the backend takes it: role, content and, for an answer, its reasoning
+        (the field, else the think block its content holds, which then leaves the content)."""
+        content = self.text()
+        if self.role != ASSISTANT:
+            return {"role": self.role, "content": content}
+        given = {name: value for name, value in (("reasoning_content", self.reasoning_content), ("reasoning", self.reasoning)) if value is not None}
+        if len(set(given.values())) > 1:
+            raise ApiError(400, f"messages[{index}]: reasoning_content and reasoning differ; give one of them", "messages")
+        reasoning = next(iter(given.values()), None)
+        if OPEN in content or CLOSE in content:
+            try:
+                found, content = split_answer(content)
+            except ValueError as exc:
+                raise ApiError(400, f"messages[{index}].content: {exc}", "messages") from None
+            reasoning = found if reasoning is None else reasoning
+        return {"role": self.role, "content": content, "reasoning": reasoning}
 
     def text(self) -> str:
         """Content as text; a list of parts may only hold text parts (this server reads no images)."""
@@ -82,12 +108,45 @@ class ChatRequest(_Sampling):
     kb: str | None = None  # extension: ground the answer in this served knowledge base (null: none, absent: the server's --kb)
     kb_k: int | None = Field(None, ge=1)  # extension: passages to retrieve
     kb_threshold: float | None = Field(None, ge=-1, le=1)  # extension: least cosine similarity of a passage
+    # Thinking on or off (Conversation.thinking): vLLM's chat_template_kwargs {"enable_thinking": bool}
+    # (DeepSeek-V3.1's {"thinking": bool}); its other keys are ignored, as unknown fields are. OpenAI's
+    # reasoning_effort: "none" is off, any other level on (lmtune has no budget for the levels).
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         return self
+
+    @model_validator(mode="after")
+    def _one_thinking_switch(self) -> ChatRequest:
+        switches = {key: value for key, value in (self.chat_template_kwargs or {}).items() if key in THINKING_KEYS}
+        for key, value in switches.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"chat_template_kwargs.{key}: give true or false (got {value!r})")
+        said = {f"chat_template_kwargs.{key} is {str(value).lower()}": value for key, value in switches.items()}
+        if self.reasoning_effort is not None:
+            said[f"reasoning_effort is {self.reasoning_effort!r}"] = self.reasoning_effort != "none"
+        if len(set(said.values())) > 1:
+            raise ValueError(f"{' and '.join(said)}: thinking cannot be both on and off; give one switch")
+        return self
+
+    def thinking(self) -> bool | None:
+        """Thinking on (True) or off (False) as the request asks, None when it does not say."""
+        kwargs = self.chat_template_kwargs or {}
+        switch = next((kwargs[key] for key in THINKING_KEYS if key in kwargs), None)
+        if switch is None and self.reasoning_effort is not None:
+            switch = self.reasoning_effort != "none"
+        return switch
+
+    def turns(self) -> list[dict]:
+        """The messages as the backend takes them (Message.fields)."""
+        return [message.fields(index) for index, message in enumerate(self.messages)]
+
+
+THINKING_KEYS = ("enable_thinking", "thinking")  # Qwen3's (and vLLM's) name, DeepSeek-V3.1's
 
 
 class CompletionRequest(_Sampling):
@@ -151,9 +210,10 @@ def _param_of(message: str) -> str | None:
     return message.split(" ", 1)[0].rstrip(":") or None
 
 
-def conversation(messages: list[dict]) -> Conversation:
-    """OpenAI messages → the Conversation that chat builds: leading system messages, then user and
-    assistant alternating, ending with the user's turn the model answers."""
+def conversation(messages: list[dict], thinking: bool | None = None) -> Conversation:
+    """OpenAI messages (as Message.fields gives them) → the Conversation that chat builds: leading
+    system messages, then user and assistant alternating, ending with the user's turn the model
+    answers; `thinking` is the request's switch (ChatRequest.thinking)."""
     systems = []
     while messages and messages[0]["role"] in ("system", "developer"):
         systems.append(messages[0]["content"])
@@ -166,7 +226,8 @@ def conversation(messages: list[dict]) -> Conversation:
     if expected == USER:
         raise ApiError(400, "the last message must be the user's: the model answers it", "messages")
     system = "\n".join(systems) if systems else None
-    return Conversation([Turn(m["role"], m["content"]) for m in messages], system=system)
+    turns = [Turn(m["role"], m["content"], reasoning=m.get("reasoning")) for m in messages]
+    return Conversation(turns, system=system, thinking=thinking)
 
 
 def _order_problem(turn: int, systems: int, role: str) -> str:
