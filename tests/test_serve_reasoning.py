@@ -259,13 +259,15 @@ def test_qwen3_prompt_as_the_template_renders_the_switch(thinker):
     from dataclasses import replace
 
     with live_server(model=str(thinker), template="qwen3") as qwen3:
-        encoder = qwen3[1].backend.engine.encoder
+        encoder, prompts = qwen3[1].backend.engine.encoder, {}
         for switch in (False, True):
             reply = create(qwen3, ask(THOUGHTS[0][0]), max_tokens=1, extra_body={"chat_template_kwargs": {"enable_thinking": switch}})
             conv = replace(conversation_of(THOUGHTS[0][0]), thinking=switch)
-            assert reply.usage.prompt_tokens == len(encoder.prompt_ids(conv)), switch
+            prompts[switch] = reply.usage.prompt_tokens
+            assert prompts[switch] == len(encoder.prompt_ids(conv)), switch
         off = replace(conversation_of(THOUGHTS[0][0]), thinking=False)
         assert "".join(s.text for s in encoder.render(off)).endswith("<think>\n\n</think>\n\n")
+        assert prompts[False] > prompts[True]  # off: the empty block is in the prompt
 
 
 def test_assistant_history_keeps_its_reasoning_apart(plain, monkeypatch):
