@@ -138,7 +138,7 @@ OUTCOMES = {
     "download it and give its local copy as file_name",
     "misspelt": ": unknown key 'colums'; did you mean 'columns'?",
     "unknown_column": ": unknown columns key 'answer'; lmtune reads: prompt, query, response, history, messages, system, "
-    "tools, images, videos, audios, chosen, rejected, kto_tag",
+    "tools, images, videos, audios, chosen, rejected, kto_tag, reasoning",
     "split_file": ": split 'test' selects part of a hub dataset; a local file_name is read whole (leave split out)",
     "messages_in_alpaca": ": columns.messages does not apply to formatting 'alpaca'; alpaca reads prompt/query/response/history, "
     "sharegpt and openai read messages",
