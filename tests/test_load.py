@@ -128,3 +128,15 @@ def test_filters_are_counted_per_file(tmp_path):
     assert len(loaded.train) == 2
     assert loaded.report.files[path].filtered == {"dedup": 1, "language": 1} and balanced(loaded.report)
     assert {row["filter"] for row in loaded.report.filtered} == {"dedup", "language"}
+
+
+def test_the_report_counts_records_with_reasoning_per_file(tmp_path):
+    thinking = tmp_path / "distill.jsonl"
+    thinking.write_text(
+        '{"input": "2+2?", "content": "4", "reasoning_content": "Two and two.", "repo_name": "x"}\n'
+        '{"input": "3+3?", "content": "6", "reasoning_content": null, "repo_name": "x"}\n', encoding="utf-8")
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"instruction": "hi", "output": "<think>\\nA greeting.\\n</think>\\n\\nhello"}\n{"instruction": "a", "output": "b"}\n', encoding="utf-8")
+    loaded = load_data(DataConfig(path=[str(thinking), str(plain)]))
+    assert loaded.report.summary().endswith("with reasoning: 1 of 2 in distill.jsonl, 1 of 2 in plain.jsonl")
+    assert [t.reasoning for c in loaded.train for t in c.turns if t.role == "assistant"].count(None) == 2

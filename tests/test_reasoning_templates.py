@@ -269,3 +269,18 @@ def test_every_layout_of_reasoning_reads_to_the_same_turns():
         conv = to_conversation(record, detect_format(record), ignored=ignored)
         assert [(t.role, t.content, t.reasoning) for t in conv.turns] == want, record
         assert ignored == (["repo_name"] if "repo_name" in record else [])
+
+
+def test_data_encode_takes_template_auto_as_training_does(tmp_path, qwen3):
+    from conftest import lmtune
+
+    folder = tmp_path / "qwen3"
+    qwen3.save_pretrained(folder)
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": messages(c)}, ensure_ascii=False) + "\n" for c in (THINKING_ZH_3_TURNS, NOT_THINKING)), encoding="utf-8")
+    out = tmp_path / "auto.jsonl"
+    ran = lmtune("data", "encode", "--data", str(data), "--template", "auto", "--tokenizer", str(folder), "--out", str(out))
+    assert ran.returncode == 0, ran.stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    named = Encoder(qwen3, get_template("qwen3"), cutoff_len=1024).encode_many([THINKING_ZH_3_TURNS, NOT_THINKING])
+    assert rows == [{"input_ids": s.input_ids, "labels": s.labels} for s in named]

@@ -119,3 +119,19 @@ def test_gradient_accumulation_weighs_every_answer_token_alike(tmp_path, llama_d
     for a, b in zip(whole, accumulated):
         assert a.abs().max() > 0  # every weight of a full fine-tune gets a gradient
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+def test_a_thinking_template_trained_without_reasoning_prompts_with_thinking_off(tmp_path, llama_dir, data_file):
+    """Every answer was trained after Qwen3's empty think block, so chat and serve prompt the same way."""
+    from lmtune.data.records import USER, Conversation, Turn
+    from lmtune.templates.template import get_template
+
+    plain = train(config(llama_dir, data_file, tmp_path / "plain", template="qwen3", cutoff_len=128)).output_dir
+    saved = get_template("qwen3", plain / "template.yaml")
+    assert saved.thinking_default is False
+    prompt = "".join(s.text for s in saved.render(Conversation([Turn(USER, "hi")])))
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    reasoning = tmp_path / "reasoning.jsonl"
+    reasoning.write_text('{"instruction": "2+2?", "output": "<think>\\n2 and 2\\n</think>\\n\\n4"}\n', encoding="utf-8")
+    thinking = train(config(llama_dir, reasoning, tmp_path / "thinking", template="qwen3", cutoff_len=128)).output_dir
+    assert get_template("qwen3", thinking / "template.yaml").thinking_default is True
