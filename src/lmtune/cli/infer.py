@@ -121,7 +121,9 @@ def generate(
 
 # ---------------------------------------------------------------- eval
 
-eval_app = typer.Typer(help="Evaluate a model (dev loss, BLEU/ROUGE, multiple choice), score predictions, or compare two.")
+eval_app = typer.Typer(
+    help="Evaluate a model (dev loss, BLEU/ROUGE, multiple choice, lm-evaluation-harness tasks), score predictions, or compare two."
+)
 
 
 @eval_app.callback(invoke_without_command=True)
@@ -139,6 +141,16 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and predictions (default: MODEL_OR_ADAPTER/eval)."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Only score this prediction file (no model)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+    tasks: Optional[str] = typer.Option(
+        None, "--tasks", help="lm-evaluation-harness tasks, comma-separated (mmlu, ceval-valid, cmmlu, gsm8k …); alone, nothing else is measured."
+    ),
+    include_path: Optional[list[Path]] = typer.Option(
+        None, "--include-path", help="Folder of lm_eval task YAMLs (local tasks over local files); repeat for more folders."
+    ),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Few-shot examples per --tasks question (default: each task's own)."),
+    chat_template: Optional[bool] = typer.Option(
+        None, "--chat-template/--no-chat-template", help="Prompt --tasks through the run's template (default: generation tasks only)."
+    ),
     quantize: Optional[int] = QUANTIZE,
     sampling: dict = None,
 ):
@@ -154,12 +166,16 @@ def evaluate(
     run = load_run_config(adapter or model) if (adapter or model) else None
     if with_base and run is None:
         raise LmtuneError("--with-base: the model folder has no run.yaml naming the model it was trained from")
-    if not (data or choice or (run and run.data.val_size)):
-        raise LmtuneError("nothing to evaluate: pass --data DEV_FILE and/or --choice CSV_OR_FOLDER (the run has no data.val_size dev split)")
+    harness = _harness_tasks(tasks, include_path, num_fewshot, chat_template)  # the names checked before the model loads
+    if not (tasks or data or choice or (run and run.data.val_size)):
+        raise LmtuneError(
+            "nothing to evaluate: pass --data DEV_FILE and/or --choice CSV_OR_FOLDER (the run has no data.val_size dev split), or --tasks NAME"
+        )
     engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize)  # greedy: scores that can be redone
-    from lmtune.evaluate.suite import base_of, build_suite, evaluate as run_suite, write_results
+    from lmtune.evaluate.suite import base_of, build_suite, write_results
 
-    suite = build_suite(engine, run, data, choice, shots, max_samples)
+    # --tasks alone runs only the harness; --data or --choice beside it add lmtune's own measures
+    suite = build_suite(engine, run, data, choice, shots, max_samples) if (data or choice or not tasks) else None
     out = out or Path(adapter or model) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -171,11 +187,11 @@ def evaluate(
 
         if with_base:
             with base_of(engine, run.model) as base:
-                results["base"] = run_suite(base, suite, out, "base", track)
+                results["base"] = _measure(base, suite, harness, out, "base", track, max_samples)
         label = "fine-tune" if with_base else "model"
-        results[label] = run_suite(engine, suite, out, label, track)
+        results[label] = _measure(engine, suite, harness, out, label, track, max_samples)
     written, report = write_results(out, results), ""
-    if with_base and suite.dev:
+    if with_base and suite and suite.dev:
         from lmtune.evaluate.report import write_comparison
 
         pair = [out / f"{name}_predictions.jsonl" for name in results]
@@ -188,12 +204,36 @@ def evaluate(
     console.print(f"results in {written}{report}")
 
 
+def _harness_tasks(tasks: str | None, include_path, num_fewshot: int | None, chat_template: bool | None):
+    if not tasks:
+        if include_path or num_fewshot is not None or chat_template is not None:
+            raise LmtuneError("--include-path, --num-fewshot and --chat-template go with --tasks NAME[,NAME…]")
+        return None
+    from lmtune.evaluate.harness import resolve_tasks
+
+    return resolve_tasks(tasks, include_path, num_fewshot, chat_template)
+
+
+def _measure(engine, suite, harness, out: Path, label: str, track, limit: int | None) -> dict:
+    """One model's results: lmtune's own measures (suite) and the lm-evaluation-harness tasks."""
+    from lmtune.evaluate.suite import evaluate as run_suite
+
+    result = run_suite(engine, suite, out, label, track) if suite else {}
+    if harness:
+        from lmtune.evaluate.harness import run_tasks
+
+        console.print(f"{label}: lm-evaluation-harness {', '.join(harness.names)}")
+        result["harness"] = run_tasks(engine, harness, limit, out / f"{label}_harness_samples.jsonl")
+    return result
+
+
 def _print_table(results: dict) -> None:
+    from lmtune.evaluate import harness
     from lmtune.evaluate.suite import table_rows
 
     names = list(results)
     table = Table("metric", *names, *(["change"] if len(names) == 2 else []))
-    for metric, values, higher in table_rows(results):
+    for metric, values, higher in table_rows(results) + harness.table_rows(results):
         cells = ["–" if v is None else f"{v:.2f}" for v in values]
         if len(values) == 2 and None not in values:
             change = values[1] - values[0]
