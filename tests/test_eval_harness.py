@@ -79,17 +79,25 @@ def test_harness_tasks_score_a_run_offline_beside_its_base(full_run, tmp_path):
     (["--tasks", "lmtune_ceval_local", "--include-path", "nowhere"], "--include-path nowhere: no such folder"),
     (["--include-path", TASKS], "--include-path, --num-fewshot and --chat-template go with --tasks"),
 ])
-def test_bad_harness_input_is_one_line_and_exit_2(full_run, tmp_path, args, message):
-    ran = lmtune("eval", "--model", full_run / "out", "--out", tmp_path, *args)
+def test_bad_harness_input_is_one_line_and_exit_2(llama_dir, tmp_path, args, message):
+    ran = lmtune("eval", "--model", llama_dir, "--out", tmp_path, *args)  # refused before the model loads: any model will do
     assert ran.returncode == 2 and message in ran.stderr, ran.stderr
     assert "Traceback" not in ran.stderr and len(ran.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "results.json").exists()
 
 
-def test_tasks_without_lm_eval_name_the_extra(full_run, tmp_path, monkeypatch):
+@needs_lm_eval
+def test_a_hub_task_offline_without_its_dataset_is_one_line(llama_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache
+    ran = lmtune_process("eval", "--model", llama_dir, "--out", tmp_path, "--tasks", "mmlu_college_medicine", env=env)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr
+    assert "--tasks mmlu_college_medicine: Couldn't reach 'cais/mmlu' on the Hub" in ran.stderr and "--include-path DIR" in ran.stderr
+
+
+def test_tasks_without_lm_eval_name_the_extra(llama_dir, tmp_path, monkeypatch):
     from lmtune.evaluate import harness
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(harness.importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else find_spec(name, *a))
-    ran = lmtune("eval", "--model", full_run / "out", "--out", tmp_path, "--tasks", "mmlu")
+    ran = lmtune("eval", "--model", llama_dir, "--out", tmp_path, "--tasks", "mmlu")
     assert ran.returncode == 2 and "pip install 'lmtune[eval]'" in ran.stderr and "Traceback" not in ran.stderr

@@ -26,7 +26,7 @@ class HarnessTasks:
     names: list[str]
     manager: object  # lm_eval.tasks.TaskManager, its index holding every name
     num_fewshot: int | None
-    chat: bool | None  # apply the run's template: None = for generation tasks only
+    chat: dict[str, bool]  # per name: prompt through the run's template
 
 
 def resolve_tasks(tasks: str, include_paths: list[Path] | None, num_fewshot: int | None, chat: bool | None) -> HarnessTasks:
@@ -53,7 +53,9 @@ def resolve_tasks(tasks: str, include_paths: list[Path] | None, num_fewshot: int
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         where = f" or in {', '.join(folders)}" if folders else " (local task YAMLs: --include-path DIR)"
         raise LmtuneError(f"--tasks {unknown[0]}: no such lm-evaluation-harness task{where}{hint}")
-    return HarnessTasks(names, manager, num_fewshot, chat)
+    # Deciding loads each task's dataset: one that is not on this machine fails before the model loads.
+    decided = {name: chat if chat is not None else _generates(manager, name) for name in names}
+    return HarnessTasks(names, manager, num_fewshot, decided)
 
 
 def run_tasks(engine, tasks: HarnessTasks, limit: int | None, samples_file: Path) -> dict:
@@ -93,8 +95,7 @@ def _by_chat(tasks: HarnessTasks) -> dict[bool, list[str]]:
     """The names in (at most) two runs: with and without the chat template."""
     groups: dict[bool, list[str]] = {}
     for name in tasks.names:
-        chat = tasks.chat if tasks.chat is not None else _generates(tasks.manager, name)
-        groups.setdefault(chat, []).append(name)
+        groups.setdefault(tasks.chat[name], []).append(name)
     return groups
 
 
@@ -106,23 +107,31 @@ def _generates(manager, name: str) -> bool:
         for value in tree.values():
             yield from leaves(value) if isinstance(value, dict) else [value]
 
-    return any(task.OUTPUT_TYPE == "generate_until" for task in leaves(get_task_dict([name], manager)))
+    with _loading(name), _no_progress_bars():
+        tree = get_task_dict([name], manager)
+    return any(task.OUTPUT_TYPE == "generate_until" for task in leaves(tree))
+
+
+@contextmanager
+def _loading(names: str):
+    try:
+        yield
+    except (OSError, ValueError, KeyError, ConnectionError) as exc:  # mostly a dataset that is not on this machine
+        raise LmtuneError(
+            f"--tasks {names}: {first_line(exc)} (offline, its dataset must be in the Hugging Face cache; "
+            "or write a task YAML over local files and pass --include-path DIR)"
+        ) from None
 
 
 def _evaluate(lm, tasks: HarnessTasks, names: list[str], chat: bool, limit: int | None) -> dict:
     import lm_eval
 
-    try:
+    with _loading(",".join(names)):
         out = lm_eval.simple_evaluate(
             model=lm, tasks=names, task_manager=tasks.manager, num_fewshot=tasks.num_fewshot, limit=limit,
             apply_chat_template=chat, fewshot_as_multiturn=chat and bool(tasks.num_fewshot),
             log_samples=True, bootstrap_iters=0,  # stderr from the samples' spread; bootstrapping takes minutes
         )
-    except (OSError, ValueError, KeyError, ConnectionError) as exc:  # mostly a dataset that is not on this machine
-        raise LmtuneError(
-            f"--tasks {','.join(names)}: {first_line(exc)} (offline, its dataset must be in the Hugging Face cache, "
-            "or write a task YAML over local files and pass --include-path DIR)"
-        ) from None
     if out is None:  # simple_evaluate answers None on every rank but the first
         raise LmtuneError("--tasks: lm_eval returned no results (run lmtune eval in one process, not under torchrun)")
     return out
