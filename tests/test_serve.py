@@ -115,7 +115,7 @@ def chat_answer(server, conv) -> str:
 def test_health_models_and_page(server, client):
     assert server[1].loading_status == 503
     assert httpx.get(server[0] + "/health").status_code == 200
-    assert [m.id for m in client.models.list().data] == ["out", "lora"]
+    assert [m.id for m in client.models.list().data] == ["lora", "out"]  # adapters first, the base last
     assert httpx.get(server[0] + "/").status_code == 200
 
 
@@ -220,7 +220,7 @@ def test_presence_and_frequency_penalties_as_openai_defines_them(server):
     ("/v1/chat/completions", {"model": "out", "messages": [{"role": "assistant", "content": "a"}]}, 400,
      "messages[0]: the first message after the system message must be the user's", "messages"),
     ("/v1/completions", {"model": "out", "prompt": "hi", "echo": True}, 400, "echo is not supported on /v1/completions", "echo"),
-    ("/v1/chat/completions", {"model": "nope", "messages": ask("hi")}, 404, "The model 'nope' does not exist; served: out, lora", "model"),
+    ("/v1/chat/completions", {"model": "nope", "messages": ask("hi")}, 404, "The model 'nope' does not exist; served: lora, out", "model"),
     ("/v1/nothing", {}, 404, "POST /v1/nothing: Not Found", None),
 ])
 def test_errors_are_openai_shaped(server, path, body, status, message, param):

@@ -50,9 +50,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def thinker(tmp_path_factory, llama_dir):
     """conftest's tiny Llama trained to think before answering, with a run.yaml naming its template."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from lmtune.data.encode import Encoder
     from lmtune.data.records import USER, Conversation, Turn
     from lmtune.model.load import load_tokenizer
@@ -74,21 +71,27 @@ def thinker(tmp_path_factory, llama_dir):
     pairs = [(q, f"<think>\n{r}\n</think>\n\n{a}") for q, r, a in THOUGHTS] + [HELLO]
     rows = [(encoder.prompt_ids(Conversation([Turn(USER, q)])), tokenizer.encode(answer + "<|im_end|>", add_special_tokens=False))
             for q, answer in pairs]
-    width = max(len(p) + len(a) for p, a in rows)
-    ids, labels, mask = (torch.full((len(rows), width), fill) for fill in (tokenizer.eos_token_id, -100, 0))
-    for i, (prompt, answer) in enumerate(rows):
-        ids[i, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
-        labels[i, len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer)
-        mask[i, : len(prompt) + len(answer)] = 1
+    overfit(llama_dir, [(p + a, [-100] * len(p) + a) for p, a in rows], tokenizer.eos_token_id, 150).save_pretrained(out)  # a loss near 0.003
+    return out
+
+
+def overfit(base, samples: list[tuple[list[int], list[int]]], pad: int, steps: int):
+    """The model in `base` trained on (input_ids, labels) rows until greedy decoding says its answers exactly."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    width = max(len(ids) for ids, _ in samples)
+    ids, labels, mask = (torch.full((len(samples), width), fill) for fill in (pad, -100, 0))
+    for i, (row_ids, row_labels) in enumerate(samples):
+        ids[i, : len(row_ids)], labels[i, : len(row_ids)], mask[i, : len(row_ids)] = torch.tensor(row_ids), torch.tensor(row_labels), 1
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(base)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0)
-    for _ in range(150):  # a loss near 0.003: it says its four answers exactly
+    for _ in range(steps):
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    model.save_pretrained(out)
-    return out
+    return model
 
 
 @pytest.fixture(scope="module")

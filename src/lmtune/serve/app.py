@@ -6,7 +6,9 @@ answers each request with events; this module only turns events into HTTP.
 A chat answer's reasoning (a think block, templates/reasoning.py) goes apart from its content, under
 both names clients read: `reasoning_content` (llama.cpp, SGLang, older vLLM) and `reasoning` (vLLM
 >= 0.10, Ollama); streamed, as deltas of those before the content's. An answer without reasoning
-has neither field, as before.
+has neither field, as before. A request with tools has its answer read for calls with the
+template's own syntax (serve/toolcalls.py): `tool_calls` apart from the content, streamed as
+OpenAI streams them, with no call syntax ever in a content delta.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException
 from lmtune.serve.metrics import Metrics
 from lmtune.errors import LmtuneError
 from lmtune.serve.schemas import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, conversation, parse
+from lmtune.serve.toolcalls import StreamedCalls, answer_fields
 from lmtune.templates.reasoning import ReasoningStream, parse_output
 
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
@@ -86,7 +89,7 @@ def create_app(serving: Serving) -> FastAPI:
         serving.ready(body.model)
         messages, fields, refusal = await _grounded(serving, body, body.turns())
         max_tokens = body.max_completion_tokens or body.max_tokens
-        extra = {"messages": messages, "thinking": body.thinking(), "max_tokens": max_tokens, "logprobs": body.logprobs,
+        extra = {"messages": messages, "thinking": body.thinking(), "tools": body.tools, "max_tokens": max_tokens, "logprobs": body.logprobs,
                  "top_logprobs": body.top_logprobs}
         return await _answer(serving, "chat", body, extra, fields, refusal)
 
@@ -163,7 +166,7 @@ async def _answer(serving: Serving, kind: str, body, extra: dict, fields: dict |
         backend.submit(call.id, request, call.emit)
     else:
         call.refuse(refusal)
-    _, prompt_tokens, call.opened = await call.next_event()  # "start", or an ApiError raised
+    _, prompt_tokens, call.opened, call.template = await call.next_event()  # "start", or an ApiError raised
     if body.stream:
         first = await call.next_event()  # an error before the first token still gets its own status
         return StreamingResponse(call.stream(prompt_tokens, first), media_type="text/event-stream")
@@ -186,10 +189,12 @@ class _Call:
         self.done = False
         self.opened = False  # the prompt opens a think block: the text starts with reasoning
         self.splits: dict[int, _Split] = {}  # each streamed chat choice's reasoning apart from its answer
+        self.template = None  # the run's Template (from the "start" event): its tool syntax reads calls
+        self.calls: dict[int, StreamedCalls] = {}  # each streamed chat choice's calls apart from its content
 
     def refuse(self, text: str) -> None:
         """Answer every choice with a fixed text, as a backend would have: no model involved."""
-        self.events.put_nowait(("start", 0, False))
+        self.events.put_nowait(("start", 0, False, None))
         for index in range(self.body.n):
             self.events.put_nowait(("text", index, text, None))
             self.events.put_nowait(("done", index, text, "stop", 0, None))
@@ -233,7 +238,7 @@ class _Call:
                     completion += event[4]
                     for delta in self._deltas(event[1], None):  # what the split held back
                         yield self._chunk(usage, event[1], delta)
-                    yield self._chunk(usage, event[1], {} if self.kind == "chat" else self._delta(""), reason=event[3])
+                    yield self._chunk(usage, event[1], {} if self.kind == "chat" else self._delta(""), reason=self._reason(event[1], event[3]))
                 event = await self.next_event()
             self._finished(completion)
             if usage or self.fields:  # the last chunk before [DONE]: usage, and a grounded answer's sources
@@ -270,7 +275,23 @@ class _Call:
         the answer has ended, and the split gives out what it held back)."""
         if self.kind != "chat":
             return [self._delta(text)] if text else []
-        return self.splits.setdefault(index, _Split(self.opened)).deltas(text)
+        deltas = self.splits.setdefault(index, _Split(self.opened)).deltas(text)
+        if not self._reads_calls():
+            return deltas
+        calls = self.calls.setdefault(index, StreamedCalls(self.template, self.body.tools, self.body.parallel_tool_calls))
+        if text is not None:
+            return calls.deltas(deltas)
+        deltas = calls.deltas(deltas) + calls.close()
+        self.serving.metrics.unparsed_calls.inc(calls.unparsed)
+        return deltas
+
+    def _reads_calls(self) -> bool:
+        """The answer is read for tool calls: a chat request with tools (not tool_choice none), on a template with a tool syntax."""
+        return self.kind == "chat" and self.body.reads_calls() and getattr(self.template, "tool_style", None) is not None
+
+    def _reason(self, index: int, reason: str) -> str:
+        called = index in self.calls and self.calls[index].called
+        return "tool_calls" if called and reason == "stop" else reason
 
     def _chunk(self, usage: bool, index: int, delta: dict, reason: str | None = None, logprobs: list | None = None) -> str:
         choice = {"index": index, **({"delta": delta} if self.kind == "chat" else delta), "finish_reason": reason,
@@ -282,6 +303,11 @@ class _Call:
             return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
         parsed = parse_output(text, self.opened)
         message = {"role": "assistant", "content": parsed.answer, **(_reasoning(parsed.reasoning) if parsed.reasoning else {})}
+        if self._reads_calls():
+            fields, unparsed = answer_fields(parsed.answer, self.template, self.body.tools, self.body.parallel_tool_calls)
+            self.serving.metrics.unparsed_calls.inc(unparsed)
+            message.update(fields)
+            reason = "tool_calls" if fields.get("tool_calls") and reason == "stop" else reason
         return {"index": index, "message": message, "finish_reason": reason, "logprobs": {"content": logprobs} if self.body.logprobs else None}
 
 

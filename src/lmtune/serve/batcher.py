@@ -8,12 +8,13 @@ into its cache), up to max_batch answers; finished or abandoned rows leave it at
 Everything a request hears comes as events (plain tuples), so a worker process can forward them
 over a pipe unchanged:
 
-    ("start", prompt_tokens, opened)  ("text", choice, text, logprobs)
+    ("start", prompt_tokens, opened, template)  ("text", choice, text, logprobs)
     ("done", choice, text, finish_reason, completion_tokens, logprobs)  ("end",)
     ("error", status, message, param, code)     "end" and "error" are the last event of a request
 
 `opened`: the chat prompt ends inside an open think block (Encoder.opens_reasoning), so the text
 starts with reasoning; the API splits reasoning from answer, the backend sends text as written.
+`template`: the run's Template, whose tool syntax the API reads calls with (serve/toolcalls.py).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Batcher:
             if len(self.queue) >= self.max_queue:
                 return emit(job_id, ApiError(429, f"the server is busy: {self.max_queue} requests are waiting already (--max-queue); retry later",
                                              code="queue_full").event())
-            emit(job_id, ("start", len(job.rows[0].prompt), job.opened))
+            emit(job_id, ("start", len(job.rows[0].prompt), job.opened, self.engine.template))
             self.queue.append(job)
             self.jobs[job_id] = job
             self.cond.notify()
@@ -188,7 +189,7 @@ class Batcher:
         engine, extra = self.engine, tuple(request.get("stop") or ())
         if request["kind"] == "completion":  # the raw prompt: no template, so only the client's stops
             return engine.encoder.bos + engine.tokenizer.encode(request["prompt"], add_special_tokens=False), extra, False
-        conv = conversation(request["messages"], request.get("thinking"))
+        conv = conversation(request["messages"], request.get("thinking"), request.get("tools"))
         try:
             prompt = engine.encoder.prompt_ids(conv)
         except LmtuneError as exc:

@@ -19,13 +19,17 @@ def served_models(config: ServeConfig) -> dict[str, str | None]:
         base = first.model.path if first else None
     if base is None:
         raise LmtuneError("no base model: pass --model DIR (the adapter folder has no run.yaml naming it)")
-    models = {base if is_hub_id(base) and not Path(base).exists() else Path(base).name: None}
-    if config.adapter:
-        models[Path(config.adapter).name] = config.adapter
+    # Adapters first, the base (adapters off) last: a client that takes the first model listed
+    # talks to the fine-tune, not silently to the base.
+    base_name = base if is_hub_id(base) and not Path(base).exists() else Path(base).name
+    models: dict[str, str | None] = {Path(config.adapter).name: config.adapter} if config.adapter else {}
     for name, folder in config.adapters.items():
-        if name in models:
+        if name in models or name == base_name:
             raise LmtuneError(f"--adapter {name}={folder}: the name '{name}' is taken already; choose another")
         models[name] = folder
+    if base_name in models:
+        raise LmtuneError(f"--adapter {config.adapter}: its folder's name '{base_name}' is the base model's; rename the folder or use --adapter NAME=DIR")
+    models[base_name] = None
     return models
 
 

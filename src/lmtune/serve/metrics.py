@@ -21,6 +21,8 @@ class Metrics:
         self.latency = Histogram("lmtune_request_latency_seconds", "From request to its last token.", buckets=_SECONDS, registry=registry)
         self.queue = Gauge("lmtune_queue_length", "Requests waiting for a batch.", registry=registry)
         self.batch = Gauge("lmtune_running_batch_size", "Answers being generated in the running batch(es).", registry=registry)
+        self.unparsed_calls = Counter("lmtune_tool_call_parse_failures", "Answers' text that looked like a tool call but did not "
+                                      "read as one (returned as content).", registry=registry)
         self.workers = Gauge("lmtune_workers", "Engine workers by state (live, starting, restarting).", ["state"], registry=registry)
 
     def render(self) -> bytes:

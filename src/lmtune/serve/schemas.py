@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
+from lmtune.errors import LmtuneError
+from lmtune.serve.toolcalls import check_request_tools, tool_conversation, uses_tools
 from lmtune.templates.reasoning import CLOSE, OPEN, split_answer
 
 
@@ -44,10 +46,12 @@ class _Body(BaseModel):
 
 
 class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict] | None = None
     reasoning_content: str | None = None  # an assistant message's reasoning, as llama.cpp and SGLang name it
     reasoning: str | None = None  # the same, as vLLM >= 0.10 and Ollama name it
+    tool_calls: list[dict] | None = None  # an assistant message's calls (serve/toolcalls.py)
+    tool_call_id: str | None = None  # a tool message's call; results are shown in the order given
 
     def fields(self, index: int) -> dict:
         """The message as the backend takes it: role, content and, for an answer, its reasoning
@@ -55,6 +59,8 @@ class Message(_Body):
         content = self.text()
         if self.role != ASSISTANT:
             return {"role": self.role, "content": content}
+        if self.tool_calls:
+            return {"role": self.role, "content": content, "tool_calls": self.tool_calls, "reasoning": self.reasoning_content or self.reasoning}
         given = {name: value for name, value in (("reasoning_content", self.reasoning_content), ("reasoning", self.reasoning)) if value is not None}
         if len(set(given.values())) > 1:
             raise ApiError(400, f"messages[{index}]: reasoning_content and reasoning differ; give one of them", "messages")
@@ -113,6 +119,21 @@ class ChatRequest(_Sampling):
     # reasoning_effort: "none" is off, any other level on (lmtune has no budget for the levels).
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # Tools (serve/toolcalls.py): OpenAI's function schemas, shown by the run's template; tool_choice
+    # "auto" | "none" | "required" | {"type": "function", "function": {"name": …}}.
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool = True
+
+    @model_validator(mode="after")
+    def _tools_shape(self) -> ChatRequest:
+        check_request_tools(self.tools, self.tool_choice)
+        return self
+
+    def reads_calls(self) -> bool:
+        """Whether the answer is read for tool calls: the request offers tools and does not say none."""
+        return bool(self.tools) and self.tool_choice != "none"
+
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatRequest:
@@ -210,10 +231,16 @@ def _param_of(message: str) -> str | None:
     return message.split(" ", 1)[0].rstrip(":") or None
 
 
-def conversation(messages: list[dict], thinking: bool | None = None) -> Conversation:
+def conversation(messages: list[dict], thinking: bool | None = None, tools: list[dict] | None = None) -> Conversation:
     """OpenAI messages (as Message.fields gives them) → the Conversation that chat builds: leading
     system messages, then user and assistant alternating, ending with the user's turn the model
-    answers; `thinking` is the request's switch (ChatRequest.thinking)."""
+    answers; `thinking` is the request's switch (ChatRequest.thinking). With tools, calls or tool
+    results: the tool conversation (serve/toolcalls.py)."""
+    if uses_tools(messages, tools):
+        try:
+            return tool_conversation(messages, thinking, tools)
+        except LmtuneError as exc:
+            raise ApiError(400, f"messages: {exc}", "messages") from None
     systems = []
     while messages and messages[0]["role"] in ("system", "developer"):
         systems.append(messages[0]["content"])
