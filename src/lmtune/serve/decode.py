@@ -31,6 +31,7 @@ from transformers.cache_utils import DynamicLayer
 from lmtune.data.encode import pad_batch
 from lmtune.infer.engine import Engine, TextStream
 from lmtune.serve.sampler import Sampler
+from lmtune.serve.scoring import score_rows, token_entry
 
 # Padded prompt tokens per prefill forward pass. On the 2-core CPU, 32 prompts of 120-183 tokens took
 # 0.27 s as one padded block, 0.18 s one by one and 0.16 s in length-sorted groups of 512-1024
@@ -53,6 +54,7 @@ class Sampling:
     logprobs: bool = False
     top_logprobs: int = 0
     ignore_eos: bool = False
+    echo: bool = False  # the prompt's text (and, with logprobs, its logprobs) first: serve/scoring.py
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Row:
     ids: list[int] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
     finished: bool = False
+    echo: str = ""  # the prompt's text, before the answer's (echo)
 
 
 def decode(engine: Engine, rows: list[Row], more: Callable[[int], list[Row]] | None = None) -> None:
@@ -79,10 +82,13 @@ def decode(engine: Engine, rows: list[Row], more: Callable[[int], list[Row]] | N
     joinable = _joinable(engine.model.config)
     joining = more if more and joinable else (lambda live: [])
     with torch.inference_mode():
+        rows = score_rows(engine, rows)  # echo: the prompt's logprobs; rows with max_tokens 0 end here
+        if not rows:
+            return
         batch = _prefilled(engine, rows, joinable)
         while True:
             batch.step()
-            newcomers = joining(len(batch.runs))
+            newcomers = score_rows(engine, joining(len(batch.runs)))
             if newcomers:
                 arrived = _prefilled(engine, newcomers, joinable)
                 arrived.step()
@@ -272,8 +278,7 @@ class _Run:
         return entry
 
     def _entry(self, token: int, logprob: float) -> dict:
-        text = self.engine.tokenizer.decode([token])
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+        return token_entry(self.engine, token, logprob)
 
     def _text(self, text: str) -> None:
         pending, self.pending = self.pending, []
@@ -287,4 +292,4 @@ class _Run:
         if self.pending:  # tokens that never showed as text (EOS, a stop string) still have logprobs
             self._text("")
         reply = self.engine.reply(torch.tensor(row.ids), row.stops)
-        row.on_done(reply.text, reply.finish_reason, len(row.ids), row.logprobs)
+        row.on_done(row.echo + reply.text, reply.finish_reason, len(row.ids), row.logprobs)
