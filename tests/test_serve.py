@@ -219,7 +219,7 @@ def test_presence_and_frequency_penalties_as_openai_defines_them(server):
      "messages[1]: two user messages in a row; user and assistant messages must alternate", "messages"),
     ("/v1/chat/completions", {"model": "out", "messages": [{"role": "assistant", "content": "a"}]}, 400,
      "messages[0]: the first message after the system message must be the user's", "messages"),
-    ("/v1/completions", {"model": "out", "prompt": "hi", "echo": True}, 400, "echo is not supported on /v1/completions", "echo"),
+    ("/v1/completions", {"model": "out", "prompt": "hi", "best_of": 2}, 400, "best_of is not supported on /v1/completions", "best_of"),
     ("/v1/chat/completions", {"model": "nope", "messages": ask("hi")}, 404, "The model 'nope' does not exist; served: lora, out", "model"),
     ("/v1/nothing", {}, 404, "POST /v1/nothing: Not Found", None),
 ])

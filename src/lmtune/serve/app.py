@@ -25,9 +25,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from lmtune.serve.completions import legacy_logprobs, merged
 from lmtune.serve.metrics import Metrics
 from lmtune.errors import LmtuneError
 from lmtune.serve.schemas import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, conversation, parse
+from lmtune.serve.tokens import add_token_routes
 from lmtune.serve.toolcalls import StreamedCalls, answer_fields
 from lmtune.templates.reasoning import ReasoningStream, parse_output
 
@@ -96,8 +98,13 @@ def create_app(serving: Serving) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = parse(CompletionRequest, await request.body())
-        prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-        return await _answer(serving, "completion", body, {"prompt": prompt, "max_tokens": body.max_tokens})
+        extra = {"max_tokens": body.max_tokens, "echo": body.echo, "logprobs": body.logprobs is not None,
+                 "top_logprobs": body.logprobs or 0, "add_special_tokens": body.add_special_tokens}
+        prompts = body.prompts()
+        if len(prompts) == 1:
+            return await _answer(serving, "completion", body, {"prompt": prompts[0], **extra})
+        answers = await asyncio.gather(*(_answer(serving, "completion", body, {"prompt": prompt, **extra}) for prompt in prompts))
+        return JSONResponse(merged([json.loads(answer.body) for answer in answers], body.n))
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -105,6 +112,7 @@ def create_app(serving: Serving) -> FastAPI:
         serving.ready()
         return await _embeddings(serving, body)
 
+    add_token_routes(app, serving)  # /tokenize, /detokenize, /tokenizer_info (serve/tokens.py)
     return app
 
 
@@ -189,6 +197,7 @@ class _Call:
         self.done = False
         self.opened = False  # the prompt opens a think block: the text starts with reasoning
         self.splits: dict[int, _Split] = {}  # each streamed chat choice's reasoning apart from its answer
+        self.offsets: dict[int, int] = {}  # each streamed completion choice's text so far (legacy logprobs' text_offset)
         self.template = None  # the run's Template (from the "start" event): its tool syntax reads calls
         self.calls: dict[int, StreamedCalls] = {}  # each streamed chat choice's calls apart from its content
 
@@ -295,12 +304,22 @@ class _Call:
 
     def _chunk(self, usage: bool, index: int, delta: dict, reason: str | None = None, logprobs: list | None = None) -> str:
         choice = {"index": index, **({"delta": delta} if self.kind == "chat" else delta), "finish_reason": reason,
-                  "logprobs": {"content": logprobs} if logprobs and self.kind == "chat" else None}
+                  "logprobs": self._chunk_logprobs(index, delta, logprobs)}
         return _sse({**self._head(self._chunk_kind()), "choices": [choice], **({"usage": None} if usage else {})})
+
+    def _chunk_logprobs(self, index: int, delta: dict, logprobs: list | None) -> dict | None:
+        if not logprobs:
+            return None
+        if self.kind == "chat":
+            return {"content": logprobs}
+        offset = self.offsets.get(index, 0)
+        self.offsets[index] = offset + len(delta.get("text", ""))
+        return legacy_logprobs(logprobs, offset)
 
     def _choice(self, index: int, text: str, reason: str, logprobs: list) -> dict:
         if self.kind == "completion":
-            return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+            return {"index": index, "text": text, "logprobs": legacy_logprobs(logprobs) if self.body.logprobs is not None else None,
+                    "finish_reason": reason}
         parsed = parse_output(text, self.opened)
         message = {"role": "assistant", "content": parsed.answer, **(_reasoning(parsed.reasoning) if parsed.reasoning else {})}
         if self._reads_calls():

@@ -28,6 +28,7 @@ from typing import Callable
 
 from lmtune.errors import LmtuneError
 from lmtune.infer.engine import Engine
+from lmtune.serve.completions import completion_ids
 from lmtune.serve.decode import Row, Sampling, decode
 from lmtune.serve.schemas import ApiError, conversation
 
@@ -188,7 +189,7 @@ class Batcher:
         """Prompt ids, stop strings, and whether the prompt opens a think block."""
         engine, extra = self.engine, tuple(request.get("stop") or ())
         if request["kind"] == "completion":  # the raw prompt: no template, so only the client's stops
-            return engine.encoder.bos + engine.tokenizer.encode(request["prompt"], add_special_tokens=False), extra, False
+            return completion_ids(engine, request["prompt"], request.get("add_special_tokens", True)), extra, False
         conv = conversation(request["messages"], request.get("thinking"), request.get("tools"))
         try:
             prompt = engine.encoder.prompt_ids(conv)
@@ -204,7 +205,7 @@ class Batcher:
         max_tokens = value("max_tokens", None)
         if max_tokens is None:
             max_tokens = min(defaults.max_new_tokens, window - prompt_tokens)
-        if prompt_tokens + max_tokens > window or max_tokens < 1:
+        if prompt_tokens + max_tokens > window or max_tokens < (0 if given.get("echo") else 1):  # echo: 0 scores the prompt only
             raise ApiError(400, f"This model's maximum context length is {window} tokens. However, you requested "
                            f"{prompt_tokens + max(max_tokens, 1)} tokens ({prompt_tokens} in the prompt, {max(max_tokens, 1)} in the completion). "
                            "Please reduce the length of the messages or completion.", "messages", "context_length_exceeded")
@@ -214,5 +215,6 @@ class Batcher:
             no_repeat_ngram_size=defaults.no_repeat_ngram_size, presence_penalty=given.get("presence_penalty") or 0.0,
             frequency_penalty=given.get("frequency_penalty") or 0.0, max_tokens=max_tokens, seed=value("seed", defaults.seed),
             logprobs=bool(given.get("logprobs")), top_logprobs=given.get("top_logprobs") or 0, ignore_eos=bool(given.get("ignore_eos")),
+            echo=bool(given.get("echo")),
         )
 

@@ -1,7 +1,7 @@
 """The OpenAI request bodies the server accepts, and its one error shape.
 
 Unknown fields are ignored, as OpenAI does; a field lmtune cannot honour but that would change
-the answer (echo, best_of, suffix, logprobs on completions) is refused rather than dropped.
+the answer (best_of, suffix on completions) is refused rather than dropped.
 
 Thinking (templates/reasoning.py): an assistant message's reasoning comes as `reasoning_content`
 (llama.cpp, SGLang, older vLLM) or `reasoning` (vLLM >= 0.10, Ollama), or as a think block in its
@@ -134,7 +134,6 @@ class ChatRequest(_Sampling):
         """Whether the answer is read for tool calls: the request offers tools and does not say none."""
         return bool(self.tools) and self.tool_choice != "none"
 
-
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatRequest:
         if self.top_logprobs and not self.logprobs:
@@ -171,21 +170,33 @@ THINKING_KEYS = ("enable_thinking", "thinking")  # Qwen3's (and vLLM's) name, De
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # A string, a list of strings, token ids, or a list of token-id lists (serve/completions.py)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0: with echo, the prompt's logprobs and nothing generated
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)  # the chosen token's and this many likeliest tokens' logprobs
+    add_special_tokens: bool = True  # extension, as in vLLM: a string prompt starts with the tokenizer's BOS
     best_of: int | None = None
     suffix: str | None = None
-    logprobs: int | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
-        for name, unsupported in (("echo", self.echo), ("best_of", (self.best_of or 1) > 1), ("suffix", self.suffix),
-                                  ("logprobs", self.logprobs)):
+        for name, unsupported in (("best_of", (self.best_of or 1) > 1), ("suffix", self.suffix)):
             if unsupported:
                 raise ValueError(f"{name} is not supported on /v1/completions")
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise ValueError("prompt: give one string (lists of several prompts are not supported)")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 is only allowed with echo: true (the prompt's logprobs, nothing generated)")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt: give a string, a list of strings, token ids or a list of token-id lists (got [])")
+        if self.stream and len(self.prompts()) > 1:
+            raise ValueError("stream: give one prompt when streaming (or stream: false for several)")
         return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt, a string or token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 class EmbeddingRequest(_Body):
