@@ -29,6 +29,9 @@ class ApiError(Exception):
              429: "rate_limit_error", 500: "server_error", 503: "service_unavailable"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        # A message quoting the request may hold a lone surrogate ("\ud800" is valid JSON), which
+        # UTF-8 cannot encode: escaped, so the error itself never fails to go out
+        message, param = (text.encode("utf-8", "backslashreplace").decode("utf-8") if text else text for text in (message, param))
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
@@ -221,8 +224,15 @@ def parse(model: type[_Body], raw: bytes) -> _Body:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    if b"\\u" in raw:  # an escaped lone surrogate ("\ud800") is valid JSON but no character: tokenizers fail on it
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "the request body holds a lone UTF-16 surrogate escape (such as \\ud800), which is not a character") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
