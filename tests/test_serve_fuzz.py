@@ -11,7 +11,6 @@ import random
 
 import httpx
 import pytest
-
 from test_serve import KEY, ask
 from test_serve_harness import served  # noqa: F401 (a fixture: the tiny Llama, greedy, 4 tokens an answer)
 
@@ -35,7 +34,7 @@ ROUTES = {  # route → a valid body, whose fields are then mangled
     "/detokenize": {"model": "tiny", "tokens": [5, 6, 7]},
 }
 RAW = [b"", b"{", b"[]", b"null", b"1", b'"x"', b"\xff\xfe\x00", b'{"model": NaN}', b'{"model": "tiny", "max_tokens": Infinity}',
-       "{\"prompt\": \"\\ud800\"}".encode(), b"{" * 5000 + b"}" * 5000, b'{"model": "tiny"' + b", " * 10 + b"}"]
+       b"{\"prompt\": \"\\ud800\"}", b"{" * 5000 + b"}" * 5000, b'{"model": "tiny"' + b", " * 10 + b"}"]
 
 
 def mangled(rng: random.Random, body: dict) -> dict:
