@@ -97,6 +97,9 @@ def generate(
     ),
     quantize: Optional[int] = QUANTIZE,
     thinking: Optional[str] = THINKING,
+    json_schema: Optional[Path] = typer.Option(
+        None, "--json-schema", help="JSON Schema file: every prediction is JSON valid against it (constrained decoding; thinking off)."
+    ),
     sampling: dict = None,
 ):
     """Answer every record of a data file in batches; re-running skips records already answered."""
@@ -106,11 +109,16 @@ def generate(
 
     if as_dataset and as_dataset not in DATASET_FORMATS:
         raise LmtuneError(f"--as-dataset {as_dataset}: choose one of {', '.join(DATASET_FORMATS)}")
-    items = read_items(data, thinking_switch(thinking))
+    spec = None
+    if json_schema:  # checked before the model loads
+        from lmtune.infer.grammar import spec_from_file
+
+        spec = spec_from_file(json_schema)
+    items = read_items(data, False if spec else thinking_switch(thinking))
     engine = load(model, adapter, template, sampling, quantize=quantize)
     with Progress(console=console) as progress:
         task = progress.add_task("generating", total=len(items))
-        result = generate_file(engine, items, out, engine.settings.batch_size, lambda n: progress.advance(task, n))
+        result = generate_file(engine, items, out, engine.settings.batch_size, lambda n: progress.advance(task, n), spec)
     earlier = result.records - result.answered
     console.print(f"wrote {result.records} predictions to {out}" + (f" ({earlier} from an earlier run)" if earlier else ""))
     if as_dataset:

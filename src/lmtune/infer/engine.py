@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from lmtune.config import GenerateConfig, QuantConfig, RunConfig, load_run_config
@@ -45,6 +45,17 @@ class Engine:
         self.encoder = Encoder(tokenizer, template, cutoff_len=2**31)  # prompts are never cut here
         self.stop_ids = end_token_ids(tokenizer, template)
         self.stops = tuple(dict.fromkeys(s for s in (*template.stop, *settings.stop) if s))
+        self._grammars = None
+
+    @property
+    def grammars(self):
+        """The tokenizer's compiled grammars for constrained answers (infer/grammar.py), made on first use."""
+        if self._grammars is None:
+            from lmtune.infer.grammar import Grammars
+
+            vocab = self.model.get_output_embeddings().weight.shape[0]  # the logits' width, which may exceed the tokenizer's
+            self._grammars = Grammars(self.tokenizer, vocab, self.stop_ids)
+        return self._grammars
 
     # ------------------------------------------------------------ public
 
@@ -55,18 +66,20 @@ class Engine:
         output = self._generate(ids, torch.ones_like(ids), streamer=stream)
         return self.reply(output[0, ids.shape[1] :])
 
-    def generate(self, convs: list[Conversation]) -> list[Reply]:
-        """Answer a batch of conversations at once (left padding)."""
+    def generate(self, convs: list[Conversation], spec=None) -> list[Reply]:
+        """Answer a batch of conversations at once (left padding). spec (infer/grammar.py's Spec):
+        every answer follows its grammar, and only the grammar ends it (no stop strings)."""
         prompts = [{"input_ids": self.encoder.prompt_ids(conv)} for conv in convs]
         batch = pad_batch(prompts, self.tokenizer.pad_token_id, side="left")
         ids = batch["input_ids"].to(self.model.device)
-        output = self._generate(ids, batch["attention_mask"].to(self.model.device))
-        return [self.reply(row[ids.shape[1] :]) for row in output]
+        constrained = _Constrained(self, spec, len(convs), ids.shape[1]) if spec else None
+        output = self._generate(ids, batch["attention_mask"].to(self.model.device), constrained=constrained)
+        return [self.reply(row[ids.shape[1] :], () if spec else None) for row in output]
 
     # ------------------------------------------------------------ internals
 
-    def _generate(self, ids: torch.Tensor, mask: torch.Tensor, streamer=None) -> torch.Tensor:
-        stops = StoppingCriteriaList([_StopStrings(self.tokenizer, self.stops, ids.shape[1])])
+    def _generate(self, ids: torch.Tensor, mask: torch.Tensor, streamer=None, constrained=None) -> torch.Tensor:
+        stops = StoppingCriteriaList([] if constrained else [_StopStrings(self.tokenizer, self.stops, ids.shape[1])])
         if self.settings.seed is not None:
             torch.manual_seed(self.settings.seed)  # each call starts from the seed: a sampled answer can be redone
         with torch.inference_mode():
@@ -75,6 +88,7 @@ class Engine:
                 attention_mask=mask,
                 generation_config=self._generation_config(),
                 stopping_criteria=stops,
+                logits_processor=LogitsProcessorList([constrained] if constrained else []),
                 streamer=streamer,
             )
 
@@ -115,6 +129,27 @@ def end_token_ids(tokenizer, template: Template) -> list[int]:
     ids = {tokenizer.eos_token_id}
     ids.update(tokenizer.convert_tokens_to_ids(end) for end in template.end_tokens() if end != "{eos}")
     return sorted(ids)
+
+
+class _Constrained(LogitsProcessor):
+    """Each row of a model.generate batch kept to the grammar (before temperature, top-k and top-p,
+    which transformers applies after the processors it is given)."""
+
+    def __init__(self, engine: Engine, spec, rows: int, prompt_len: int):
+        self.matchers = [engine.grammars.matcher(spec) for _ in range(rows)]
+        self.stop_ids, self.prompt_len, self.ended = engine.stop_ids, prompt_len, set()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        from lmtune.infer.grammar import masked
+
+        if input_ids.shape[1] > self.prompt_len:  # the token each row was given last step
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                if token in self.stop_ids:
+                    self.ended.add(row)  # finished: transformers pads it from here on
+                elif row not in self.ended:
+                    self.matchers[row].consume(token)
+        live = {row: m for row, m in enumerate(self.matchers) if row not in self.ended}
+        return masked(scores, live, self.stop_ids) if live else scores
 
 
 class _StopStrings(StoppingCriteria):

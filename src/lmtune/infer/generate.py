@@ -25,6 +25,7 @@ from lmtune.data.readers import read_conversations
 from lmtune.data.records import ASSISTANT, Conversation, Turn
 from lmtune.errors import DataError, RecordError
 from lmtune.evaluate.metrics import ADDED, REASONING_FIELDS, parsed_row
+from lmtune.infer.grammar import Spec, closing_think
 from lmtune.templates.reasoning import Parsed, parse_output
 
 if TYPE_CHECKING:  # the records are read and checked before the engine (torch) is imported
@@ -75,10 +76,12 @@ def generate_file(
     out: str | Path,
     batch_size: int,
     progress: Callable[[int], None] = lambda n: None,
+    spec: Spec | None = None,
 ) -> Generated:
     """Writes each input record plus `prediction` (the answer) and `finish_reason` (stop | length),
     `reference` (the record's last answer) when the record has no alpaca `output` field, and
-    `reasoning` and `reasoning_closed` when the output had a think block."""
+    `reasoning` and `reasoning_closed` when the output had a think block. With spec (--json-schema,
+    infer/grammar.py) every prediction that stopped is JSON valid against the schema."""
     out = Path(out)
     done = _earlier_answers(out, items)
     todo = [i for i in range(len(items)) if i not in done]
@@ -90,7 +93,9 @@ def generate_file(
     with out.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            for index, reply in zip(batch, engine.generate([items[i].prompt for i in batch])):
+            prompts = [items[i].prompt for i in batch]
+            replies = engine.generate(prompts, closing_think(spec, engine.encoder.opens_reasoning(prompts[0]))) if spec else engine.generate(prompts)
+            for index, reply in zip(batch, replies):
                 # After a prompt that opens the think block (DeepSeek-R1's) the output starts inside it.
                 parsed = parse_output(reply.text, engine.encoder.opens_reasoning(items[index].prompt))
                 done[index] = _row(items[index], parsed, reply.finish_reason)

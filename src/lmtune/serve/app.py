@@ -92,7 +92,8 @@ def create_app(serving: Serving) -> FastAPI:
         messages, fields, refusal = await _grounded(serving, body, body.turns())
         max_tokens = body.max_completion_tokens or body.max_tokens
         extra = {"messages": messages, "thinking": body.thinking(), "tools": body.tools, "max_tokens": max_tokens, "logprobs": body.logprobs,
-                 "top_logprobs": body.top_logprobs}
+                 "top_logprobs": body.top_logprobs, "tool_choice": body.tool_choice,
+                 "response_format": body.response_format.model_dump(by_alias=True) if body.response_format else None}
         return await _answer(serving, "chat", body, extra, fields, refusal)
 
     @app.post("/v1/completions")

@@ -28,7 +28,9 @@ from typing import Callable
 
 from lmtune.errors import LmtuneError
 from lmtune.infer.engine import Engine
+from lmtune.infer.grammar import GrammarError
 from lmtune.serve.completions import completion_ids
+from lmtune.serve.constrain import constrained, request_spec
 from lmtune.serve.decode import Row, Sampling, decode
 from lmtune.serve.schemas import ApiError, conversation
 
@@ -165,7 +167,12 @@ class Batcher:
     # ------------------------------------------------------------ requests → rows
 
     def _job(self, job_id: str, request: dict, emit: Emit) -> Job:
+        if constrained(request):  # structured output (serve/constrain.py): the grammar is the whole answer, and ends it
+            request = {**request, "thinking": False, "ignore_eos": False}
         prompt, stops, opened = self._prompt(request)
+        spec = request_spec(request, self.engine.template, opened)
+        if spec is not None:  # the grammar ends the answer: only the client's stop strings may cut it
+            stops = tuple(request.get("stop") or ())
         sampling = self._sampling(request, len(prompt))
         job = Job(job_id, request["model"], [], emit, remaining=request.get("n", 1), opened=opened)
         for index in range(request.get("n", 1)):
@@ -174,9 +181,18 @@ class Batcher:
                 prompt, Sampling(**{**sampling.__dict__, "seed": seed}), stops,
                 on_text=lambda text, lp, i=index: emit(job_id, ("text", i, text, lp)),
                 on_done=lambda *done, i=index: self._done(job, i, done),
-                cancelled=lambda: job.cancelled,
+                cancelled=lambda: job.cancelled, constraint=self._matcher(spec),
             ))
         return job
+
+    def _matcher(self, spec):
+        """A fresh matcher of the spec's grammar (compiled once per spec), None for a free answer."""
+        if spec is None:
+            return None
+        try:
+            return self.engine.grammars.matcher(spec)
+        except GrammarError as exc:
+            raise ApiError(400, str(exc), "response_format") from None
 
     def _done(self, job: Job, index: int, done: tuple) -> None:
         job.emit(job.id, ("done", index, *done))

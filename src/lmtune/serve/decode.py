@@ -71,6 +71,7 @@ class Row:
     logprobs: list[dict] = field(default_factory=list)
     finished: bool = False
     echo: str = ""  # the prompt's text, before the answer's (echo)
+    constraint: object = None  # infer/grammar.py's Matcher: the grammar the answer follows (serve/sampler.py applies it)
 
 
 def decode(engine: Engine, rows: list[Row], more: Callable[[int], list[Row]] | None = None) -> None:

@@ -6,7 +6,9 @@ token counts the penalties need are kept up to date one scatter per step instead
 row's history. The arithmetic is the one transformers' processors do for one row
 (RepetitionPenaltyLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper), so a request's answer does
 not depend on who else is in the batch. no_repeat_ngram_size (rare) stays per row; a seeded row
-draws with its own torch.Generator, so its answer is redoable.
+draws with its own torch.Generator, so its answer is redoable. A row with a constraint (structured
+output, infer/grammar.py) keeps only the tokens its grammar allows, before penalties and sampling,
+so constrained and free rows share a batch.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Sampler:
 
     def pick(self, logits: torch.Tensor) -> list[int]:
         """The next token of every row, from logits (rows × vocab, float)."""
-        scores = self._penalised(logits)
+        scores = self._penalised(self._constrained(logits))
         tokens = scores.argmax(-1)
         sampled = (self.temperature > 0).nonzero().flatten()
         if len(sampled):
@@ -52,7 +54,10 @@ class Sampler:
         return tokens.tolist()
 
     def add(self, tokens: list[int]) -> None:
-        """Every row's new token, for the penalties of the next step."""
+        """Every row's new token, for the penalties and grammars of the next step."""
+        for run, token in zip(self.runs, tokens, strict=True):
+            if run.row.constraint is not None:
+                run.row.constraint.consume(token)
         if (self.seen is None and self.counts is None) or not tokens:
             return
         rows = torch.arange(len(tokens), device=self.temperature.device)
@@ -82,6 +87,15 @@ class Sampler:
                 blank = torch.zeros(rows, self.vocab, dtype=(theirs if mine is None else mine).dtype, device=self.temperature.device)
                 mine, theirs = (blank, theirs) if mine is None else (mine, blank)
             setattr(self, name, torch.cat([mine, theirs]))
+
+    def _constrained(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each constrained row's logits with what its grammar forbids at -inf (a copy: logprobs read the model's own)."""
+        matchers = {i: run.row.constraint for i, run in enumerate(self.runs) if run.row.constraint is not None}
+        if not matchers:
+            return logits
+        from lmtune.infer.grammar import masked
+
+        return masked(logits, matchers, self.runs[0].engine.stop_ids)
 
     def _penalised(self, logits: torch.Tensor) -> torch.Tensor:
         scores = logits

@@ -109,6 +109,24 @@ class _Sampling(_Body):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+class JsonSchemaFormat(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] = Field(alias="schema")  # "schema" would shadow pydantic's own attribute
+    strict: bool | None = None  # enforced either way: the answer is decoded under the schema's grammar
+    description: str | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('response_format: type json_schema needs "json_schema": {"name": …, "schema": {…}}')
+        return self
+
+
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -127,6 +145,8 @@ class ChatRequest(_Sampling):
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
     parallel_tool_calls: bool = True
+    # Structured output (serve/constrain.py): {"type": "text" | "json_object"} or {"type": "json_schema", "json_schema": {…}}
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _tools_shape(self) -> ChatRequest:
