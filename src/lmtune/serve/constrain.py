@@ -24,7 +24,7 @@ from lmtune.infer.grammar import (
     json_spec,
 )
 from lmtune.serve.schemas import ApiError
-from lmtune.templates.tools import STYLES, Call, _opener, function_of
+from lmtune.templates.tools import STYLES, Call, call_opener, function_of
 
 _PROBE = {"__lmtune_arguments__": 0}  # stands for the arguments while a call's text is split around them
 
@@ -79,5 +79,5 @@ def _call_spec(template, functions: list[dict]) -> Spec:
             schema = checked_schema(f.get("parameters") or {"type": "object"}, f"tools: {f['name']}.parameters")
         except GrammarError as exc:
             raise ApiError(400, str(exc), "tools") from None
-        alternatives.append(Alternative(_opener(template) + head, schema, tail))
+        alternatives.append(Alternative(call_opener(template) + head, schema, tail))
     return Spec(tuple(alternatives))

@@ -204,7 +204,7 @@ def read_output_calls(text: str, template, tools: list[dict] | None = None) -> O
     style = getattr(template, "tool_style", None)
     if style is None:
         return OutputCalls(text, [])
-    return _READERS[style](text, _opener(template), _schemas(tools))
+    return _READERS[style](text, call_opener(template), _schemas(tools))
 
 
 def call_opening(text: str, template, tools: list[dict] | None = None) -> tuple[int, bool] | None:
@@ -219,12 +219,12 @@ def call_opening(text: str, template, tools: list[dict] | None = None) -> tuple[
         stripped = text.lstrip()
         return (0, True) if stripped.startswith("{") else (0, False) if not stripped else None
     if style == "moss":
-        opener = _opener(template)
+        opener = call_opener(template)
         return (0, True) if text.startswith(opener) else (0, False) if opener.startswith(text) else None
     return _glm4_opening(text, _schemas(tools))
 
 
-def _opener(template) -> str:
+def call_opener(template) -> str:
     """What the function format writes before the calls (MOSS's inner thoughts and command tag)."""
     fmt = template.function or template.assistant
     return fmt.partition("{content}")[0].replace("{bos}", "").replace("{eos}", "")
