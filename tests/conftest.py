@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import traceback
@@ -101,6 +102,16 @@ def lmtune_process(*args, stdin=None, cwd=None, env=None) -> subprocess.Complete
 def write_config(path, **sections):
     path.write_text(yaml.safe_dump(sections, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def model_run(model_dir, out, template, **generate):
+    """A copy of a model folder as a run's output folder: a run.yaml naming its template and
+    generation settings, so chat, generate and serve load it as a trained run."""
+    shutil.copytree(model_dir, out)
+    run = {"model": {"path": str(out)}, "train": {"output_dir": str(out)}, "data": {"path": ["unused.jsonl"], "template": template},
+           "generate": {"repetition_penalty": 1.0, **generate}}
+    write_config(out / "run.yaml", **run)
+    return out
 
 
 @pytest.fixture(scope="session")

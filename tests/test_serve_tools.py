@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import httpx
 import pytest
-import yaml
+from conftest import model_run
 
 from test_serve import KEY, live_server
 from test_serve_reasoning import one_thread, overfit  # noqa: F401 (one_thread: autouse, torch on one thread)
@@ -44,11 +43,7 @@ def caller(tmp_path_factory, llama_dir):
     from lmtune.model.load import load_tokenizer
     from lmtune.templates.template import get_template
 
-    out = tmp_path_factory.mktemp("caller") / "caller"
-    shutil.copytree(llama_dir, out)
-    run = {"model": {"path": str(out)}, "train": {"output_dir": str(out)}, "data": {"path": ["unused.jsonl"], "template": "qwen2.5"},
-           "generate": {"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 160}}
-    (out / "run.yaml").write_text(yaml.safe_dump(run, allow_unicode=True), encoding="utf-8")
+    out = model_run(llama_dir, tmp_path_factory.mktemp("caller") / "caller", "qwen2.5", temperature=0, max_new_tokens=160)
     tokenizer = load_tokenizer(out)
     encoder = Encoder(tokenizer, get_template("qwen2.5"), 2048)
     samples = [encoder.encode(to_conversation(record, "messages")) for record in RECORDS]

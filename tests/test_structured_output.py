@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import httpx
 import pytest
-import yaml
-from conftest import RECORDS, lmtune, write_json
+from conftest import RECORDS, lmtune, model_run, write_json
 from test_serve import KEY, live_server
 
 openai = pytest.importorskip("openai")
@@ -70,12 +68,7 @@ def check(value, schema: dict, where: str = "$") -> None:
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory, llama_dir):
     """The random tiny Llama with a run.yaml naming qwen2.5 (a template with a tool syntax)."""
-    out = tmp_path_factory.mktemp("untrained") / "untrained"
-    shutil.copytree(llama_dir, out)
-    run = {"model": {"path": str(out)}, "train": {"output_dir": str(out)}, "data": {"path": ["unused.jsonl"], "template": "qwen2.5"},
-           "generate": {"temperature": 1.0, "repetition_penalty": 1.0, "max_new_tokens": 64}}
-    (out / "run.yaml").write_text(yaml.safe_dump(run), encoding="utf-8")
-    return out
+    return model_run(llama_dir, tmp_path_factory.mktemp("untrained") / "untrained", "qwen2.5", temperature=1.0, max_new_tokens=64)
 
 
 @pytest.fixture(scope="module")
