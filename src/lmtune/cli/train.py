@@ -82,10 +82,16 @@ def tokenizer_extend(
 
 
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's models and results."),
+    out: Path = typer.Option(None, "--out", help="Folder for the demo's models and results (runs/demo, runs/demo-real)."),
     questions: int = typer.Option(20, "--questions", help="How many training questions to ask."),
+    real: bool = typer.Option(False, "--real", help="Fine-tune a real model (SmolLM2-135M-Instruct) instead of a tiny random one."),
+    model: Path = typer.Option(None, "--model", help="With --real: the model to fine-tune (a .gguf file or a folder)."),
 ):
-    """Train a tiny bilingual model on the bundled data (CPU, a few minutes) and quiz it."""
+    """Train a tiny bilingual model on the bundled data (CPU, a few minutes) and quiz it; --real
+    teaches SmolLM2-135M-Instruct new facts and shows its answers before and after."""
+    if real:
+        return _real_demo(out or Path("runs/demo-real"), model)
+    out = out or Path("runs/demo")
     from lmtune.demo import run_demo
 
     result = run_demo(out, questions, log=console.print)
@@ -104,6 +110,33 @@ def demo(
         f"try it: lmtune chat --adapter {out / 'sft'}"
     )
     if result.matches < needed:
+        raise typer.Exit(1)
+
+
+def _real_demo(out: Path, model: Path | None) -> None:
+    from lmtune.demo_real import cores, run_real_demo
+
+    result = run_real_demo(out, model, log=console.print)
+    for title, answers in (("held-out paraphrases (new facts)", result.held_out), ("general questions (kept)", result.general)):
+        table = Table("#", "question", "base model", "fine-tuned", "ok", title=title)
+        for column in table.columns[1:4]:
+            column.overflow = "fold"
+        for i, a in enumerate(answers, 1):
+            before = a.before if len(a.before) <= 80 else a.before[:79] + "…"  # the base rambles; its first words tell
+            table.add_row(str(i), a.question, before, a.after, "[green]✓[/]" if a.right(a.after) else "[red]✗[/]")
+        out_console.print(table)
+    base_learned = sum(a.right(a.before) for a in result.held_out)
+    after, before = result.kept
+    verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
+    minutes, seconds = divmod(round(result.seconds), 60)
+    adapter = result.adapter.relative_to(Path.cwd()) if result.adapter.is_relative_to(Path.cwd()) else result.adapter
+    console.print(
+        f"new facts: {result.learned}/{len(result.held_out)} held-out questions answered with them (base model: {base_learned}); "
+        f"general answers: {after}/{len(result.general)} right (base model: {before})\n"
+        f"{verdict} in {minutes} min {seconds:02d} s on {cores()} CPU cores; adapter: {adapter}\n"
+        f"try it: lmtune chat --adapter {adapter}"
+    )
+    if not result.passed:
         raise typer.Exit(1)
 
 

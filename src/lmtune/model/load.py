@@ -10,6 +10,7 @@ from transformers.utils import logging as hf_logging
 
 from lmtune.errors import ConfigError, ModelError
 from lmtune.files import check_model_files, read_json
+from lmtune.model.gguf import dequantized, gguf_file
 
 log = logging.getLogger(__name__)
 # Per-shard loading bars say nothing on small models. Set here, where models are loaded, rather than
@@ -45,7 +46,8 @@ def check_model_dir(path: str | Path) -> Path:
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    path = Path(path)
+    gguf = gguf_file(path)  # a .gguf holds its tokenizer: read from the model's dequantized folder
+    path = dequantized(gguf) if gguf else Path(path)
     if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
         raise ModelError(f"no tokenizer in '{path}' (tokenizer.json / tokenizer_config.json missing)")
     if (path / "config.json").is_file():
