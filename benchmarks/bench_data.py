@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_data.py [--records 50000] [--large] [--repeat 2]
                                               [--layouts json-line json-indented jsonl parquet]
                                               [--peer /tmp/lf-venv/bin/llamafactory-cli] [--work DIR]
+                                              [--tokenizer SmolLM2-135M-Instruct.Q4_1.gguf]
 
 Writes the same synthetic bilingual alpaca records as a one-line .json array, an indented .json
 array, .jsonl and .parquet, then times the whole `lmtune data encode --template alpaca
@@ -18,7 +19,9 @@ like the records: a Zipf-distributed lexicon of 30,000 English-like pseudo-words
 Chinese words of 1-3 characters from 3,500 common CJK code points, so its merges and its
 per-word cache see a realistic spread of words (a vocabulary of a few hundred tokens would make
 tokenization unrealistically cheap or dear). With `--work DIR` the data files, the tokenizer and
-the peer's model folder are kept and reused. Results go in benchmarks/RESULTS.md.
+the peer's model folder are kept and reused. `--tokenizer` uses a real model's tokenizer instead
+(a folder or a .gguf file, dequantized once by lmtune; issue 23: SmolLM2's 49,152-token BPE).
+Results go in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -139,7 +142,12 @@ def write_layouts(n: int, folder: Path, layouts: list[str]) -> dict[str, Path]:
     return {layout: paths[layout] for layout in layouts}
 
 
-def tokenizer_folder(work: Path) -> Path:
+def tokenizer_folder(work: Path, given: str | None = None) -> Path:
+    if given:
+        from lmtune.model.gguf import dequantized, gguf_file
+
+        file = gguf_file(given)
+        return dequantized(file) if file else Path(given)
     folder = work / f"tokenizer-{VOCAB}"
     if not (folder / "tokenizer.json").is_file():
         from lmtune.tiny import train_tokenizer
@@ -172,7 +180,7 @@ def run_lmtune(data: Path, tokenizer: Path, out: Path) -> tuple[float, float]:
 
 def peer_model(work: Path, tokenizer: Path) -> Path:
     """A folder LLaMA-Factory accepts as a model: the tokenizer and a tiny Llama config."""
-    folder = work / "peer-model"
+    folder = work / f"peer-model-{tokenizer.name}"
     if not (folder / "config.json").is_file():
         from lmtune.model.load import load_tokenizer
         from lmtune.tiny import build_model
@@ -210,12 +218,12 @@ def digest(path: Path) -> str:
     return hashlib.blake2b(path.read_bytes(), digest_size=8).hexdigest()
 
 
-def bench(n: int, work: Path, layouts: list[str], repeat: int, peer: str | None) -> None:
+def bench(n: int, work: Path, layouts: list[str], repeat: int, peer: str | None, given: str | None) -> None:
     folder = work / f"records-{n}"
     folder.mkdir(parents=True, exist_ok=True)
     files = write_layouts(n, folder, layouts)
-    tokenizer = tokenizer_folder(work)
-    print(f"\n{n:,} records; tokenizer: {VOCAB:,}-token byte-level BPE; {repeat} run(s) each")
+    tokenizer = tokenizer_folder(work, given)
+    print(f"\n{n:,} records; tokenizer: {given or f'{VOCAB:,}-token byte-level BPE'}; {repeat} run(s) each")
     print("| what | file MB | wall s, each run | CPU s (user + sys), each run | records/s (best wall) |")
     print("|---|---|---|---|---|")
     outputs, best = {}, {}
@@ -250,12 +258,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per layout (the machine is shared: noisy)")
     parser.add_argument("--peer", help="path to llamafactory-cli, to time LLaMA-Factory on the same file")
     parser.add_argument("--work", type=Path, help="keep data, tokenizer and outputs here (reused on the next run)")
+    parser.add_argument("--tokenizer", help="a real model's tokenizer (folder or .gguf) instead of the trained BPE")
     args = parser.parse_args()
     sizes = args.records + ([500_000] if args.large else [])
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         for n in sizes:
-            bench(n, work, args.layouts, args.repeat, args.peer)
+            bench(n, work, args.layouts, args.repeat, args.peer, args.tokenizer)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ through LLaMA-Factory, each as a whole process timed from start to exit.
 
     .venv/bin/python benchmarks/bench_train.py [--sigma 0.9] [--cutoff 512] [--records 2000]
         [--levers default,no-packing,...] [--peer /tmp/lf-venv/bin/llamafactory-cli] [--profile]
+        [--model SmolLM2-135M-Instruct.Q4_1.gguf --peer-template smollm2]
 
 The job (issue 15): one epoch of LoRA SFT on every linear layer (r 8, alpha 16, lr 1e-3, batch 8)
 over --records long-tailed synthetic alpaca samples, on a random Llama (hidden 256, intermediate
@@ -15,6 +16,12 @@ steps (packing) are compared on what they learned from the same samples.
 
 --profile runs torch.profiler over steps 3-10 of the default job in this process and prints where
 the CPU time went (self time of each operator, grouped). Results go in benchmarks/RESULTS.md.
+
+--model runs the same comparison on a real model (issue 23): a Hugging Face folder or a .gguf file
+(dequantized once by lmtune; both tools then read that folder), with its own chat template
+(lmtune `template: auto`, LLaMA-Factory --peer-template), over real instruction data instead of
+the synthetic records: LLaMA-Factory's alpaca_en_demo and alpaca_zh_demo from
+../shared/reference/llamafactory-data (60 + 60 records, interleaved; the last --dev of them held out, the first --records of the rest trained on).
 """
 
 from __future__ import annotations
@@ -97,10 +104,36 @@ def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float
     return seconds, usage.ru_maxrss / 1024
 
 
+def real_job(work: Path, model: str, n: int, dev_count: int) -> tuple[Path, Path, Path, int]:
+    """The real-model job: LLaMA-Factory's English and Chinese alpaca demos, the model's own template."""
+    from lmtune.data.encode import Encoder
+    from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
+    from lmtune.model.gguf import dequantized, gguf_file
+    from lmtune.model.load import load_tokenizer
+    from lmtune.templates.hf import template_for
+
+    if not REFERENCE_DATA.is_dir():
+        sys.exit(f"--model needs LLaMA-Factory's demo data at {REFERENCE_DATA}")
+    english, chinese = (json.loads((REFERENCE_DATA / f"alpaca_{lang}_demo.json").read_text(encoding="utf-8")) for lang in ("en", "zh"))
+    rows = [r for pair in zip(english, chinese) for r in pair]
+    train_rows, dev_rows = rows[:-dev_count][:n], rows[-dev_count:]
+    data, dev_file = work / "train.jsonl", work / "dev.jsonl"
+    for path, part in ((data, train_rows), (dev_file, dev_rows)):
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
+    file = gguf_file(model)
+    folder = dequantized(file) if file else Path(model)
+    tokenizer = load_tokenizer(str(folder))
+    encoder = Encoder(tokenizer, template_for(TEMPLATE, tokenizer), CUTOFF, "all_assistant")
+    def conversation(r: dict) -> Conversation:
+        return Conversation([Turn(USER, "\n".join(filter(None, (r["instruction"], r["input"])))), Turn(ASSISTANT, r["output"])])
+    tokens = sum(len(encoder.encode(conversation(r)).input_ids) for r in train_rows)
+    return data, dev_file, folder, tokens
+
+
 def lmtune_config(data: Path, model: Path, out: Path, changes: dict) -> dict:
     config = {
         "model": {"path": str(model)},
-        "data": {"path": str(data), "template": "alpaca", "cutoff_len": CUTOFF, "cache": False},
+        "data": {"path": str(data), "template": TEMPLATE, "cutoff_len": CUTOFF, "cache": False},
         "finetune": {"method": "lora", "lora": {"r": 8, "alpha": 16, "target": "all-linear"}},
         "train": {"output_dir": str(out), "num_train_epochs": 1, "learning_rate": 1e-3,
                   "per_device_train_batch_size": 8, "logging_steps": 10, "seed": 0},
@@ -129,7 +162,7 @@ def run_peer(cli: str, work: Path, data: Path, model: Path, name: str) -> dict:
     config = {
         "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
         "lora_target": "all", "lora_rank": 8, "lora_alpha": 16, "dataset": "bench", "dataset_dir": str(folder),
-        "template": "alpaca", "cutoff_len": CUTOFF, "overwrite_cache": True, "output_dir": str(folder / "out"),
+        "template": PEER_TEMPLATE, "cutoff_len": CUTOFF, "overwrite_cache": True, "output_dir": str(folder / "out"),
         "per_device_train_batch_size": 8, "learning_rate": 1e-3, "num_train_epochs": 1, "logging_steps": 10,
         "report_to": "none", "seed": 0, **PEERS[name],
     }
@@ -145,7 +178,7 @@ def run_peer(cli: str, work: Path, data: Path, model: Path, name: str) -> dict:
 def dev_loss(model: Path, adapter: Path, dev: Path) -> float:
     """The same evaluation for every run: lmtune eval's dev loss over the held-out records (one
     generated token each: the generation metrics are not wanted here)."""
-    out = subprocess.run([LMTUNE, "eval", "--model", str(model), "--adapter", str(adapter), "--template", "alpaca",
+    out = subprocess.run([LMTUNE, "eval", "--model", str(model), "--adapter", str(adapter), "--template", TEMPLATE,
                           "--data", str(dev), "--max-new-tokens", "1", "--json"], capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"lmtune eval failed on {adapter}:\n{out.stderr}")
@@ -224,7 +257,7 @@ def _category(name: str) -> str:
 
 
 def main() -> None:
-    global CUTOFF
+    global CUTOFF, TEMPLATE, PEER_TEMPLATE
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--sigma", type=float, default=0.9, help="spread of the answer lengths (lognormal)")
@@ -235,12 +268,19 @@ def main() -> None:
     parser.add_argument("--peer", help="llamafactory-cli of a LLaMA-Factory install, to run the same job through it")
     parser.add_argument("--profile", action="store_true", help="profile steps 3-10 of the default job instead")
     parser.add_argument("--work", help="keep the runs in this folder (default: a temporary one)")
+    parser.add_argument("--model", help="a real model (folder or .gguf) on real data instead of the random Llama")
+    parser.add_argument("--peer-template", default="alpaca", help="LLaMA-Factory's name for the model's template (with --model)")
+    parser.add_argument("--dev", type=int, default=20, help="held-out records with --model")
     args = parser.parse_args()
-    CUTOFF = args.cutoff
+    CUTOFF, TEMPLATE, PEER_TEMPLATE = args.cutoff, "auto" if args.model else "alpaca", args.peer_template
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        data, dev, model, tokens = make_job(work, args.records, args.sigma, args.hidden, args.layers)
+        if args.model:
+            data, dev, model, tokens = real_job(work, args.model, args.records, args.dev)
+        else:
+            data, dev, model, tokens = make_job(work, args.records, args.sigma, args.hidden, args.layers)
+        samples = sum(1 for _ in data.open(encoding="utf-8"))
         if args.profile:
             return profile(data, model, work)
         results = {}
@@ -250,18 +290,21 @@ def main() -> None:
             results[f"lmtune {name}"] = run_lmtune(work, data, model, name)
         for result in results.values():
             result["dev loss"] = dev_loss(model, result["out"], dev)
-    print(f"job: {args.records} records (answer-length sigma {args.sigma}), cutoff {args.cutoff}, {tokens:,} tokens; "
-          f"LoRA r 8 on all linear layers, batch 8, lr 1e-3, one epoch; hidden {args.hidden}, {args.layers} layers")
+    shape = f"model {args.model}" if args.model else f"hidden {args.hidden}, {args.layers} layers, answer-length sigma {args.sigma}"
+    print(f"job: {samples} records, cutoff {args.cutoff}, {tokens:,} tokens; "
+          f"LoRA r 8 on all linear layers, batch 8, lr 1e-3, one epoch; {shape}")
     print("| run | whole process | samples/s | tokens/s | peak RSS | train loss (epoch mean) | dev loss after |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['seconds']:.1f} s | {args.records / r['seconds']:.1f} | {tokens / r['seconds']:,.0f} | "
+        print(f"| {name} | {r['seconds']:.1f} s | {samples / r['seconds']:.1f} | {tokens / r['seconds']:,.0f} | "
               f"{r['peak']:,.0f} MiB | {r['train loss']:.3f} | {r['dev loss']:.3f} |")
     if "LLaMA-Factory" in results and "lmtune default" in results:
         print(f"LLaMA-Factory / lmtune default, whole process: {results['LLaMA-Factory']['seconds'] / results['lmtune default']['seconds']:.2f}x")
 
 
 CUTOFF = 512
+TEMPLATE = PEER_TEMPLATE = "alpaca"
+REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "llamafactory-data"
 
 if __name__ == "__main__":
     main()
