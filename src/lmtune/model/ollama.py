@@ -143,13 +143,14 @@ def _probe_parts(tokenizer) -> dict | None:
     sys_before, sys_after = system_block.split(p["system"])
     if system_block.startswith(block) and sys_before.startswith(block):  # no default system prompt
         prefix, default, sys_before = block, "", sys_before[len(block):]
-    elif block.startswith(sys_before) and block.endswith(sys_after):
+    elif block.startswith(sys_before) and block.endswith(sys_after):  # a default, or a block written always (Llama 3.2's dates)
         prefix, default = "", block[len(sys_before): len(block) - len(sys_after)]
     else:
         return None
     marks = _marks(tokenizer)
     return {"prefix": marks(prefix), "system": marks(sys_before + "{content}" + sys_after), "default_system": default,
-            "user": marks(opening + "{content}" + user_tail), "assistant": marks("{content}" + end + after_end)}
+            "always_system": bool(block) and not default, "user": marks(opening + "{content}" + user_tail),
+            "assistant": marks("{content}" + end + after_end)}
 
 
 def _marks(tokenizer):
