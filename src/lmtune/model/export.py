@@ -76,7 +76,9 @@ class ExportJob:
 
     @property
     def name(self) -> str:
-        return Path(self.run_dir or self.base).resolve().name
+        """The run's folder name (or a model file's stem): the GGUF's general.name and the Ollama model's name."""
+        path = Path(self.run_dir or self.base).resolve()
+        return path.stem if path.is_file() else path.name
 
     @property
     def chat_template(self) -> str | None:

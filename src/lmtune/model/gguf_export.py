@@ -56,9 +56,13 @@ def export_gguf(out: Path, model: str | None, adapter: str | None, quant: str = 
     if out.exists():
         out.rmdir()  # empty, checked by prepare_export
     partial.rename(out)
-    name = Path(job.run_dir or out).resolve().name
     made = out / "ollama" / "Modelfile" if modelfile else None
-    return GgufExport(file, made, f"ollama create {name} -f {made}" if made else None, note)
+    return GgufExport(file, made, f"ollama create {_ollama_name(job.name)} -f {made}" if made else None, note)
+
+
+def _ollama_name(name: str) -> str:
+    """Ollama model names take letters, digits, '.', '-' and '_'."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "model"
 
 
 def _write_model(path: Path, job, family, quant: str) -> None:
