@@ -110,11 +110,11 @@ def _write_adapter(path: Path, job, family, quant: str) -> None:
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(ranks.pop()) if len(ranks) == 1 else 0.0)
     writer.add_name(job.name)
     for hf_name, a, b in pairs:
-        name = names.get_name(hf_name + ".weight")
+        name = names.get_name(hf_name + ".weight", try_suffixes=(".weight",))
         if name is None:
             raise LmtuneError(f"GGUF export: the adapter's {hf_name} has no llama.cpp name; export the merged model (drop --adapter-only)")
         b = gguf_arch.reorder(hf_name + ".weight", b, job.config, family)
-        for suffix, array in ((".weight.lora_a", a), (".weight.lora_b", b)):
+        for suffix, array in ((".lora_a", a), (".lora_b", b)):
             data, kind = gguf_arch.encode(name + suffix, array, quant)
             writer.add_tensor(name + suffix, data, raw_dtype=kind)
     _finish(writer)

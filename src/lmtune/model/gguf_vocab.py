@@ -38,7 +38,7 @@ def write_vocab(writer, tokenizer, tokenizer_dir: Path, vocab_size: int, source_
         raise LmtuneError(f"GGUF export needs the fast tokenizer's tokenizer.json in {tokenizer_dir}; save the tokenizer with transformers first")
     model = data["model"]
     if model.get("type") == "BPE" and model.get("byte_fallback"):
-        _sentencepiece(writer, tokenizer, vocab_size)
+        _sentencepiece(writer, tokenizer, vocab_size, _merge_ranks(model.get("merges") or []))
     elif model.get("type") == "BPE":
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre_tokenizer(data, tokenizer_dir))
@@ -94,9 +94,19 @@ def _bpe_tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def _sentencepiece(writer, tokenizer, vocab_size: int) -> None:
-    """A SentencePiece BPE vocabulary (Llama 2, Mistral, Yi) as llama.cpp's "llama" tokenizer. Its
-    merges are ranked by score; transformers keeps SentencePiece's id order, which is that rank."""
+def _merge_ranks(merges: list) -> dict[str, int]:
+    """Each merged token's rank: the first merge (of tokenizer.json's list, in order) that makes it."""
+    ranks: dict[str, int] = {}
+    for rank, merge in enumerate(merges):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        ranks.setdefault(left + right, rank)
+    return ranks
+
+
+def _sentencepiece(writer, tokenizer, vocab_size: int, ranks: dict[str, int]) -> None:
+    """A SentencePiece BPE vocabulary (Llama 2, Mistral, Yi) as llama.cpp's "llama" tokenizer, which
+    merges the adjacent pair of highest score first: the score is minus the merge's rank, so it
+    merges in the order transformers' BPE does (ids are not that order: Mistral's "▁▁" is id 259)."""
     import gguf
 
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
@@ -117,7 +127,7 @@ def _sentencepiece(writer, tokenizer, vocab_size: int) -> None:
         else:
             kind = gguf.TokenType.NORMAL
         tokens.append(piece)
-        scores.append(-float(i) if kind == gguf.TokenType.NORMAL else 0.0)
+        scores.append(-float(ranks.get(piece, len(ranks) + i)) if kind == gguf.TokenType.NORMAL else 0.0)
         types.append(kind)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")

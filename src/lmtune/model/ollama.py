@@ -113,14 +113,16 @@ def _text(end: str, tokenizer) -> str:
 def infer_template(tokenizer) -> Template | None:
     """A lmtune Template equal to the tokenizer's Jinja chat template on system/user/assistant turns,
     read off its renderings of probe conversations; None where no such template renders them all alike."""
-    try:
+    from jinja2 import TemplateError
+
+    try:  # a template may refuse a probe (Mistral's takes no system message): then it is more than turns
         parts = _probe_parts(tokenizer)
-    except (ValueError, IndexError):
+        if parts is None:
+            return None
+        template = Template(name="auto", tokens=tuple(t for t in tokenizer.all_special_tokens if t not in (tokenizer.eos_token, tokenizer.bos_token)), **parts)
+        return template if _renders_alike(template, tokenizer) else None
+    except (ValueError, IndexError, TemplateError):
         return None
-    if parts is None:
-        return None
-    template = Template(name="auto", tokens=tuple(t for t in tokenizer.all_special_tokens if t != tokenizer.eos_token and t != tokenizer.bos_token), **parts)
-    return template if _renders_alike(template, tokenizer) else None
 
 
 def _probe_parts(tokenizer) -> dict | None:
