@@ -5,10 +5,11 @@ semantics (tests/gotemplate.py) against lmtune's own rendering of the same conve
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import lmtune, model_run
+from conftest import lmtune, model_run, write_config
 from gotemplate import render as go_render
 
 from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
@@ -175,3 +176,41 @@ def test_a_jinja_template_beyond_turns_gives_no_go_template(tokenizer):
     tok.chat_template = "{% for m in messages %}{{ m['content'] | upper }}{{ eos_token }}{% endfor %}"
     assert infer_template(tok) is None
 
+
+
+def _lora(llama_dir, folder, **options):
+    """A LoRA adapter folder as training leaves it (peft's files and a run.yaml naming the base)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **options))
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight)  # trained, not peft's zeros
+    model.save_pretrained(folder)
+    write_config(folder / "run.yaml", model={"path": str(llama_dir)}, train={"output_dir": str(folder)},
+                 data={"path": ["unused.jsonl"], "template": "chatml"})
+    return model
+
+
+def test_adapter_only_writes_each_lora_pair_with_its_scaling_in_b(llama_dir, tmp_path):
+    from gguf import GGUFReader
+
+    model = _lora(llama_dir, tmp_path / "lora")
+    ran = lmtune("export", "--adapter", tmp_path / "lora", "--out", tmp_path / "gguf", "--format", "gguf", "--adapter-only", "--quant", "f32")
+    assert ran.returncode == 0, ran.stderr
+    reader = GGUFReader(tmp_path / "gguf" / "adapter-f32.gguf")
+    assert reader.fields["general.type"].contents() == "adapter" and reader.fields["adapter.lora.alpha"].contents() == 4.0  # = r: llama.cpp scales by 1
+    names = [t.name for t in reader.tensors]
+    assert names == [f"blk.{i}.attn_{m}.weight.lora_{ab}" for i in range(2) for m in ("q", "v") for ab in ("a", "b")]
+    v_b = next(t for t in reader.tensors if t.name == "blk.0.attn_v.weight.lora_b").data
+    expected = model.base_model.model.model.layers[0].self_attn.v_proj.lora_B["default"].weight.detach().numpy() * 2.0  # alpha/r
+    assert np.allclose(v_b, expected)
+
+
+def test_a_dora_adapter_is_refused_for_llama_cpps_lora(llama_dir, tmp_path):
+    _lora(llama_dir, tmp_path / "dora", use_dora=True)
+    ran = lmtune("export", "--adapter", tmp_path / "dora", "--out", tmp_path / "x", "--format", "gguf", "--adapter-only")
+    assert ran.returncode == 2 and ran.stderr.strip() == (
+        f"error: {tmp_path / 'dora'}: llama.cpp's --lora cannot apply DoRA magnitudes; export the merged model instead (drop --adapter-only)")
