@@ -9,7 +9,7 @@ CPU_TORCH ?= torch==2.13.0
 # fresh clone. torch is left out: the CPU wheel above, or the CUDA build a GPU user already has.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install demo demo-real test lock clean
+.PHONY: install demo demo-real test test-llama-cpp lock clean
 
 install: $(VENV)/.installed
 
@@ -38,7 +38,17 @@ demo-real: install
 # Two workers (pytest-xdist) for the 2-core machines CI runs on; the 15 slowest tests are listed so
 # their cost stays in view.
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 -m "not llama_cpp"
+
+# GGUF exports loaded by llama.cpp itself (tests/test_llama_cpp.py), apart from `make test`: PyPI has
+# llama-cpp-python only as source, so the first run compiles llama.cpp (about 15 min on 2 cores; pip
+# keeps the wheel for later venvs). GGML_NATIVE=OFF: a build that runs on any x86-64 CI machine.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_PYTHON := llama-cpp-python==$(LLAMA_CPP_VERSION)
+test-llama-cpp: install
+	@$(BIN)/python -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '$(LLAMA_CPP_VERSION)')" 2>/dev/null || \
+		CMAKE_ARGS=-DGGML_NATIVE=OFF $(BIN)/pip install -q -c $(CONSTRAINTS) $(LLAMA_CPP_PYTHON)
+	$(BIN)/python -m pytest -q -m llama_cpp tests/test_llama_cpp.py --durations=10
 
 # Newest releases within pyproject's ranges, into a scratch venv, written to constraints.txt.
 # Then run `make clean test`: commit the new constraints only if the suite passes with them.

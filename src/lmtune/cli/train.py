@@ -41,23 +41,49 @@ def train(
 
 
 def export(
-    out: Path = typer.Option(..., "--out", help="Folder for the merged model."),
+    out: Path = typer.Option(..., "--out", help="Folder for the exported model."),
     model: Optional[str] = MODEL,
     adapter: Optional[str] = ADAPTER,
+    fmt: str = typer.Option("safetensors", "--format", help="safetensors (a Hugging Face folder) | gguf (llama.cpp, Ollama)"),
+    quant: str = typer.Option("f16", "--quant", help="With --format gguf: f32 | f16 | bf16 | q8_0."),
+    adapter_only: bool = typer.Option(False, "--adapter-only", help="With --format gguf: the LoRA adapter alone, for llama.cpp's --lora."),
     max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
     dequantize: bool = typer.Option(False, "--dequantize", help="Merge into a full-precision copy of a quantised base."),
 ):
-    """Merge a LoRA/DoRA adapter into its base and write a plain Hugging Face model folder."""
-    from lmtune.model.export import export as run_export
+    """Merge a LoRA/DoRA adapter into its base and write a Hugging Face folder, or a GGUF file and an Ollama Modelfile."""
+    from lmtune.model.gguf_arch import check_quant
     from lmtune.model.load import DTYPES
 
     if not (model or adapter):
         raise LmtuneError("pass --model DIR, --adapter DIR, or both")
+    if fmt not in ("safetensors", "gguf"):
+        raise LmtuneError(f"--format {fmt}: choose safetensors or gguf")
+    if fmt == "gguf":
+        return _export_gguf(out, model, adapter, check_quant(quant), adapter_only, dequantize)
+    if adapter_only:
+        raise LmtuneError("--adapter-only goes with --format gguf (an adapter folder is already safetensors)")
     if dtype not in DTYPES:
         raise LmtuneError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    from lmtune.model.export import export as run_export
+
     run_export(out, model, adapter, max_shard_size, dtype, dequantize)
     console.print(f"merged model written to {out}; try: lmtune chat --model {out}")
+
+
+def _export_gguf(out: Path, model: str | None, adapter: str | None, quant: str, adapter_only: bool, dequantize: bool) -> None:
+    from lmtune.model.gguf_export import export_gguf
+
+    done = export_gguf(out, model, adapter, quant, adapter_only, dequantize)
+    console.print(f"GGUF written to {done.file}")
+    if adapter_only:
+        console.print(f"llama.cpp: llama-cli -m BASE.gguf --lora {done.file}")
+    else:
+        console.print(f"llama.cpp: llama-cli -m {done.file} -cnv")
+    if done.note:
+        console.print(done.note)
+    if done.ollama_create:
+        console.print(f"Ollama: {done.ollama_create}")
 
 
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Grow a tokenizer (and its model's embeddings) from a corpus.")

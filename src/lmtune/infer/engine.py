@@ -7,7 +7,6 @@ character or shows the beginning of a stop string.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,17 +15,15 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from lmtune.config import GenerateConfig, QuantConfig, RunConfig, load_run_config
+from lmtune.config import GenerateConfig, QuantConfig, load_run_config
 from lmtune.data.encode import Encoder, pad_batch
 from lmtune.data.records import Conversation
 from lmtune.errors import LmtuneError
 from lmtune.model.adapters import load_adapter
 from lmtune.model.hub import base_folder, is_hub_id
 from lmtune.model.load import align_special_tokens, load_model, load_tokenizer, quantization
-from lmtune.templates.hf import template_for
-from lmtune.templates.template import TEMPLATE_FILE, Template, cut_at_stop, get_template
-
-log = logging.getLogger(__name__)
+from lmtune.templates.hf import choose_template
+from lmtune.templates.template import Template, cut_at_stop
 
 
 @dataclass
@@ -239,7 +236,7 @@ def load_engine(
     base = base_folder(base, run.model if run else None)
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
     tokenizer = load_tokenizer(tokenizer_dir)
-    chosen = _choose_template(template, run, run_dir, tokenizer)
+    chosen = choose_template(template, run, run_dir, tokenizer)
     quant = quantization(QuantConfig(bits=bits), f"--quantize {bits}bit", "drop --quantize") if bits else None
     reward = bool(run and run.data.stage == "rm")  # scores answers (lmtune eval), generates nothing
     model_obj = load_model(base, run.model.dtype if run else "auto", quantization_config=quant, reward=reward)
@@ -247,15 +244,3 @@ def load_engine(
     if adapter:
         model_obj = load_adapter(model_obj, adapter)
     return Engine(model_obj, tokenizer, chosen, settings or (run.generate if run else GenerateConfig()))
-
-
-def _choose_template(name: str | None, run: RunConfig | None, run_dir: str | None, tokenizer) -> Template:
-    trained = run.data.template if run else None
-    if name and trained and name != trained:
-        log.warning("template '%s' overrides '%s', the template this model was trained with", name, trained)
-    if not (name or trained):
-        raise LmtuneError("no template: the model folder has no run.yaml; pass --template NAME (see `lmtune templates`)")
-    saved = Path(run_dir or "") / TEMPLATE_FILE
-    if (name or trained) == trained and saved.is_file():
-        return get_template(trained, saved)  # exactly the template training used
-    return template_for(name or trained, tokenizer, run.data.template_file if run else None)

@@ -14,16 +14,19 @@ Tool definitions go in as `tools=`, calls as an assistant message's `tool_calls`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lmtune.data.records import FUNCTION, Conversation, Turn
 from lmtune.errors import DataError, LmtuneError
 from lmtune.templates.reasoning import CLOSE, OPEN, opens_reasoning
-from lmtune.templates.template import ANSWER_ROLES, Segment, Template, get_template, soft_switch
+from lmtune.templates.template import ANSWER_ROLES, TEMPLATE_FILE, Segment, Template, get_template, soft_switch
 from lmtune.templates.tools import parse_calls
 
 AUTO = "auto"
+log = logging.getLogger(__name__)
 ROLE_NAMES = {"user": "user", "assistant": "assistant", "observation": "tool", "function": "assistant"}
 
 
@@ -152,3 +155,16 @@ def template_for(name: str, tokenizer, extra_file: str | None = None) -> Templat
     if not getattr(tokenizer, "chat_template", None):
         raise LmtuneError("template: auto needs a tokenizer with a chat_template; this one has none, so name a template")
     return TokenizerChatTemplate(tokenizer)
+
+
+def choose_template(name: str | None, run, run_dir: str | None, tokenizer) -> Template | TokenizerChatTemplate:
+    """The template a command uses: the one named, else the run's (its saved template.yaml, exactly as trained)."""
+    trained = run.data.template if run else None
+    if name and trained and name != trained:
+        log.warning("template '%s' overrides '%s', the template this model was trained with", name, trained)
+    if not (name or trained):
+        raise LmtuneError("no template: the model folder has no run.yaml; pass --template NAME (see `lmtune templates`)")
+    saved = Path(run_dir or "") / TEMPLATE_FILE
+    if (name or trained) == trained and saved.is_file():
+        return get_template(trained, saved)  # exactly the template training used
+    return template_for(name or trained, tokenizer, run.data.template_file if run else None)

@@ -133,7 +133,7 @@ def _refuse_reasoning(template: Template) -> str:
 
 
 def _generation_block(template: Template) -> str:
-    """What a generation prompt ends with (Template._generation_block)."""
+    """What a generation prompt ends with (Template.generation_block)."""
     if not template.thinking:
         return ""
     empty = _literal(template.reasoning_format.replace("{reasoning}", ""))

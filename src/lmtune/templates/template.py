@@ -135,7 +135,7 @@ class Template:
                 raise DataError(f"{conv.source}: turn has role '{role}'; expected one of {PROMPT_ROLES + ANSWER_ROLES}")
             previous = role
         if previous in PROMPT_ROLES:
-            segments.append(Segment(self._generation_block(thinking), False))
+            segments.append(Segment(self.generation_block(thinking), False))
         return self._close_answers(_merge(segments), eos)
 
     # ------------------------------------------------------------ reasoning
@@ -169,7 +169,7 @@ class Template:
             return "", fill(self.reasoning_format, reasoning=reasoning or "")
         return "", ""
 
-    def _generation_block(self, thinking: bool) -> str:
+    def generation_block(self, thinking: bool) -> str:
         """What a generation prompt ends with: nothing, the opened block (R1), or the empty one (thinking off)."""
         if not self.thinking:
             return ""
@@ -227,7 +227,7 @@ class Template:
             if style:
                 calls = [style.call(call) for call in parse_calls(turn.content, source)]
                 content = join(calls, style.call_joiner, "function call", self.name, source)
-        written, after = self._split_end(fmt)
+        written, after = self.split_end(fmt)
         text = fill(written, content=block + content, **marks)
         return [Segment(text, turn.trained, reasoning=text.find(block) + len(block) if block and turn.trained else 0), Segment(fill(after, **marks), False)]
 
@@ -256,7 +256,7 @@ class Template:
                               f"must open with one of its tokens; this one opens with {text[:20]!r}")
         return token
 
-    def _split_end(self, fmt: str) -> tuple[str, str]:
+    def split_end(self, fmt: str) -> tuple[str, str]:
         """The answer format up to and including its end token, and what follows it."""
         if self.answer_end:
             return fmt, ""
@@ -284,7 +284,7 @@ class Template:
         return tuple(dict.fromkeys(ends))
 
     def _end_of(self, fmt: str) -> str:
-        written = "{eos}" if self.answer_end else self._split_end(fmt)[0]
+        written = "{eos}" if self.answer_end else self.split_end(fmt)[0]
         return "{eos}" if written.endswith("{eos}") else max((t for t in self.tokens if written.endswith(t)), key=len)
 
 
