@@ -92,7 +92,7 @@ def _with_model(raw: bytes) -> bytes:
 
 
 def _window(engine) -> int | None:
-    return getattr(engine.model.config, "max_position_embeddings", None)
+    return engine.window
 
 
 def _ok(serving, answer: dict) -> dict:
