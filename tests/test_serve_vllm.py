@@ -31,12 +31,20 @@ QUESTIONS = ["Name the capital of France.", "中国的首都是哪里？", "What
 
 @pytest.fixture(scope="module")
 def run64(tmp_path_factory, tokenizer):
-    """A run folder named out (template qwen, greedy, 16 new tokens) of a random head-size-64 Llama."""
-    from lmtune.tiny import build_model
+    """A run folder named out (template qwen2.5, greedy, 16 new tokens) of a random Llama with head size
+    64. Untied embeddings and blocks drawn at 1/sqrt(width): a tied tiny Llama at std 0.02 repeats the
+    prompt's last token forever, which would make equal answers prove little."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=False, initializer_range=128**-0.5, vocab_size=len(tokenizer),
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
     base = tmp_path_factory.mktemp("llama64")
-    build_model(tokenizer, base, hidden_size=128, layers=2, heads=2)
-    return model_run(base, tmp_path_factory.mktemp("run64") / "out", "qwen", temperature=0, max_new_tokens=16)
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    return model_run(base, tmp_path_factory.mktemp("run64") / "out", "qwen2.5", temperature=0, max_new_tokens=16)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +64,7 @@ def hf_engines(run64, lora64):
     """The built-in engine on the same run: the base, and the base with the adapter."""
     from lmtune.infer.engine import load_engine
 
-    return {"out": load_engine(str(run64)), "lora": load_engine(str(run64), str(lora64))}
+    return {"out": load_engine(str(run64)), "lora": load_engine(str(run64), str(lora64), "qwen2.5")}
 
 
 @pytest.fixture
@@ -118,6 +126,7 @@ def test_adapter_and_base_differ_and_never_leak_in_one_batch(server, hf_engines)
     for (model, question), answer in zip(jobs, answers):
         assert answer == hf_answer(hf_engines[model], question, 12)[0]
     assert answers[0::2] != answers[1::2]  # the adapter changes what the model says
+    # (vLLM 0.32's CPU LoRA ops read a base row's adapter index -1 as the last slot: serve/vllm.py keeps that slot empty)
 
 
 def test_stream_equals_whole_with_exact_usage(server, client):
@@ -145,10 +154,11 @@ def test_sampling_fields_are_honoured(server, client):
     question = ask(QUESTIONS[0])
     free = client.chat.completions.create(model="out", messages=question, temperature=0, max_tokens=16, extra_body={"ignore_eos": True})
     text = free.choices[0].message.content
-    cut = next(text[i : i + 2] for i in range(len(text) // 2, len(text) - 1) if text[i : i + 2].strip() == text[i : i + 2])
+    cut = next(text[i : i + 2] for i in range(len(text) // 2, len(text) - 1) if text[i : i + 2].isascii() and text[i : i + 2].isalnum())
     stopped = client.chat.completions.create(model="out", messages=question, temperature=0, max_tokens=16, stop=[cut],
                                              extra_body={"ignore_eos": True})
-    assert (stopped.choices[0].message.content, stopped.choices[0].finish_reason) == (text[: text.index(cut)].strip(), "stop")
+    # cut where the stop string starts; a character whose bytes had not all come (U+FFFD) is never shown
+    assert (stopped.choices[0].message.content, stopped.choices[0].finish_reason) == (text[: text.index(cut)].rstrip("\ufffd").strip(), "stop")
     short = client.chat.completions.create(model="out", messages=question, temperature=0, max_completion_tokens=2, extra_body={"ignore_eos": True})
     assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
     sampled = [client.chat.completions.create(model="out", messages=question, temperature=1.5, n=3, seed=7, max_tokens=8,
@@ -169,7 +179,7 @@ def test_structured_output_and_forced_tool_call(server, client):
     assert json.loads(reply.choices[0].message.content)["answer"] in ("yes", "no")
     tool = {"type": "function", "function": {"name": "capital", "parameters": {
         "type": "object", "properties": {"country": {"enum": ["France", "China"]}}, "required": ["country"], "additionalProperties": False}}}
-    called = client.chat.completions.create(model="out", messages=ask(QUESTIONS[0]), tools=[tool], tool_choice="required", max_tokens=60)
+    called = client.chat.completions.create(model="out", messages=ask(QUESTIONS[0]), tools=[tool], tool_choice="required", max_tokens=200)
     calls = called.choices[0].message.tool_calls
     assert called.choices[0].finish_reason == "tool_calls" and calls[0].function.name == "capital"
     assert json.loads(calls[0].function.arguments)["country"] in ("France", "China")

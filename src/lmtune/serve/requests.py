@@ -33,14 +33,14 @@ def plan(engine, request: dict) -> Plan:
     """The request (the API's dict) as the engine takes it; ApiError 400 for what it cannot express."""
     if constrained(request):  # structured output: the grammar is the whole answer, and ends it
         request = {**request, "thinking": False, "ignore_eos": False}
-    prompt, stops, opened = _prompt(engine, request)
+    prompt, stops, opened = prompt_of(engine, request)
     spec = request_spec(request, engine.template, opened)
     if spec is not None:  # the grammar ends the answer: only the client's stop strings may cut it
         stops = tuple(request.get("stop") or ())
     return Plan(prompt, stops, opened, spec, _sampling(engine, request, len(prompt)), request.get("n", 1))
 
 
-def _prompt(engine, request: dict) -> tuple[list[int], tuple[str, ...], bool]:
+def prompt_of(engine, request: dict) -> tuple[list[int], tuple[str, ...], bool]:
     """Prompt ids, stop strings, and whether the prompt opens a think block."""
     extra = tuple(request.get("stop") or ())
     if request["kind"] == "completion":  # the raw prompt: no template, so only the client's stops

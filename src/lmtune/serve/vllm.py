@@ -163,7 +163,11 @@ def _engine_args(engine: Engine, loras: dict[str, str], max_batch: int, replicas
     return AsyncEngineArgs(
         model=engine.base, tokenizer=engine.tokenizer_dir, dtype=str(resolve_dtype(dtype)).removeprefix("torch."),
         max_num_seqs=max_batch, max_model_len=engine.window, data_parallel_size=replicas, tensor_parallel_size=tensor_parallel,
-        enable_lora=bool(loras), max_loras=max(1, len(loras)), max_lora_rank=next((r for r in LORA_RANKS if r >= max(ranks, default=8)), 512),
+        # One slot more than there are adapters, left empty: vLLM's torch LoRA ops (the CPU build's,
+        # vllm/lora/ops/torch_ops/lora_ops.py) pick a row's weights as lora_b_weights[index], and a row
+        # without an adapter has index -1, which Python reads as the last slot: with every slot filled,
+        # requests for the base batched beside adapter requests were answered by the last adapter.
+        enable_lora=bool(loras), max_loras=len(loras) + 1, max_lora_rank=next((r for r in LORA_RANKS if r >= max(ranks, default=8)), 512),
         generation_config="vllm",  # the run's generate settings are the defaults, not the model folder's generation_config.json
         structured_outputs_config={"backend": "guidance"},  # lmtune's grammars are llguidance's Lark (infer/grammar.py)
         enable_log_requests=False, disable_log_stats=True, enforce_eager=eager,

