@@ -232,3 +232,19 @@ def test_generate_on_vllm_resumes_and_equals_the_builtin_engine(server, hf_engin
     assert [row["prediction"] for row in second.rows] == [reply.text for reply in expected]
     assert [row["finish_reason"] for row in second.rows] == [reply.finish_reason for reply in expected]
     assert [json.loads(line)["instruction"] for line in out.read_text(encoding="utf-8").splitlines()] == [r["instruction"] for r in RECORDS]
+
+
+def test_lmtune_generate_backend_vllm_from_the_command_line(server, hf_engines, run64, tmp_path):
+    """The console script in a process of its own (vLLM's engine starts processes: the entry point
+    must survive being re-imported), resuming a prediction file: only the records left are answered."""
+    from conftest import RECORDS, lmtune_process, write_json
+    from lmtune.infer.generate import generate_file, read_items
+
+    out = tmp_path / "pred.jsonl"
+    generate_file(server[1].backend.engine, read_items(write_json(tmp_path / "two.json", RECORDS[:2])), out, batch_size=2)
+    data = write_json(tmp_path / "all.json", RECORDS)
+    ran = lmtune_process("generate", "--model", run64, "--data", data, "--out", out, "--backend", "vllm", "--eager")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "wrote 4 predictions to" in ran.stderr and "(2 from an earlier run)" in ran.stderr
+    expected = hf_engines["out"].generate([item.prompt for item in read_items(data)])
+    assert [json.loads(line)["prediction"] for line in out.read_text(encoding="utf-8").splitlines()] == [reply.text for reply in expected]

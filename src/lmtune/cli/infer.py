@@ -29,7 +29,7 @@ def thinking_switch(value: str | None) -> bool | None:
 
 
 def load(model, adapter, template, sampling: dict, defaults: dict | None = None, quantize: int | None = None, backend: str = "hf",
-         weights: bool = True):
+         weights: bool = True, eager: bool = False):
     """The engine, with the run's generate settings under the command-line ones. backend vllm:
     generation on vLLM (serve/vllm.py), the transformers weights loaded too only where `weights`
     (eval scores loss and choices with them)."""
@@ -49,7 +49,7 @@ def load(model, adapter, template, sampling: dict, defaults: dict | None = None,
         raise LmtuneError(f"--quantize {quantize}: choose 4 or 8 (bits)")
     check_backend(backend)
     if backend == "vllm":
-        return _load_vllm(model, adapter, template, settings, quantize, weights)
+        return _load_vllm(model, adapter, template, settings, quantize, weights, eager)
     from lmtune.infer.engine import load_engine  # torch and transformers: only once the flags hold
 
     return load_engine(model, adapter, template, settings, quantize)
@@ -65,14 +65,14 @@ def check_backend(backend: str) -> None:
         check_vllm()
 
 
-def _load_vllm(model, adapter, template, settings, quantize: int | None, weights: bool):
+def _load_vllm(model, adapter, template, settings, quantize: int | None, weights: bool, eager: bool):
     if quantize:
         raise LmtuneError("--quantize goes with --backend hf (bitsandbytes); vLLM loads quantized checkpoints (AWQ, GPTQ, FP8) by itself")
     from lmtune.infer.engine import load_engine
     from lmtune.serve.vllm import load_vllm_engine
 
     hf = load_engine(model, adapter, template, settings).model if weights else None
-    return load_vllm_engine(model, adapter, template, settings=settings, hf_model=hf)
+    return load_vllm_engine(model, adapter, template, settings=settings, hf_model=hf, eager=eager)
 
 
 @sampling_options
@@ -127,6 +127,7 @@ def generate(
         None, "--json-schema", help="JSON Schema file: every prediction is JSON valid against it (constrained decoding; thinking off)."
     ),
     backend: str = BACKEND,
+    eager: bool = typer.Option(False, "--eager", help="--backend vllm: skip torch.compile and CUDA graphs (starts fast, decodes slower)."),
     sampling: dict = None,
 ):
     """Answer every record of a data file in batches; re-running skips records already answered."""
@@ -143,7 +144,7 @@ def generate(
 
         spec = spec_from_file(json_schema)
     items = read_items(data, False if spec else thinking_switch(thinking))
-    engine = load(model, adapter, template, sampling, quantize=quantize, backend=backend, weights=False)
+    engine = load(model, adapter, template, sampling, quantize=quantize, backend=backend, weights=False, eager=eager)
     with Progress(console=console) as progress:
         task = progress.add_task("generating", total=len(items))
         result = generate_file(engine, items, out, engine.settings.batch_size, lambda n: progress.advance(task, n), spec)
