@@ -16,7 +16,9 @@ import json
 import httpx
 import pytest
 
-from conftest import model_run
+import yaml
+
+from conftest import model_run, write_config
 from lmtune.serve.schemas import conversation
 from test_serve import ERRORS, KEY, ask, check_error, live_server, poll, post, random_lora
 
@@ -44,7 +46,11 @@ def run64(tmp_path_factory, tokenizer):
     base = tmp_path_factory.mktemp("llama64")
     AutoModelForCausalLM.from_config(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    return model_run(base, tmp_path_factory.mktemp("run64") / "out", "qwen2.5", temperature=0, max_new_tokens=16)
+    out = model_run(base, tmp_path_factory.mktemp("run64") / "out", "qwen2.5", temperature=0, max_new_tokens=16)
+    run = yaml.safe_load((out / "run.yaml").read_text(encoding="utf-8"))
+    run["model"]["dtype"] = "float32"  # both engines in fp32 on a GPU too, where auto would be bf16 (near-ties)
+    write_config(out / "run.yaml", **run)
+    return out
 
 
 @pytest.fixture(scope="module")
