@@ -22,10 +22,9 @@ from conftest import model_run, write_config
 from lmtune.serve.schemas import conversation
 from test_serve import ERRORS, KEY, ask, check_error, live_server, poll, post, random_lora
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed here: make test-vllm builds .venv-vllm and runs these"),
-]
+if importlib.util.find_spec("vllm") is None:  # one line in `make test`'s summary, not one per test
+    pytest.skip("vLLM is not installed here: make test-vllm builds .venv-vllm and runs these", allow_module_level=True)
+pytestmark = pytest.mark.vllm
 openai = pytest.importorskip("openai")
 
 QUESTIONS = ["Name the capital of France.", "中国的首都是哪里？", "What is two plus two?"]
