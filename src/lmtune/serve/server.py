@@ -43,11 +43,25 @@ def start_backend(config: ServeConfig):
 def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
     import uvicorn
 
+    class _Server(uvicorn.Server):
+        """Stops the backend's own processes too (vLLM's engine core and workers) as the server shuts
+        down: after SIGTERM uvicorn re-raises the signal once it has shut down, so code after run()
+        never runs, and vLLM's engine core outlives a parent that is killed."""
+
+        def __init__(self, serving, config):
+            super().__init__(config)
+            self.serving = serving
+
+        async def shutdown(self, sockets=None) -> None:
+            await super().shutdown(sockets)
+            if hasattr(self.serving.backend, "shutdown"):
+                self.serving.backend.shutdown()
+
     from lmtune.serve.app import Serving, create_app
 
     check_backend(config)
     serving = Serving(list(served_models(config)), config.api_key)
-    server = uvicorn.Server(uvicorn.Config(create_app(serving), host=config.host, port=config.port, log_level="warning"))
+    server = _Server(serving, uvicorn.Config(create_app(serving), host=config.host, port=config.port, log_level="warning"))
     failure: list[Exception] = []
 
     def load() -> None:

@@ -240,6 +240,9 @@ class VllmBatcher:
     def stats(self) -> dict:
         return {"queued": max(0, len(self.jobs) - self.max_batch), "running": min(len(self.jobs), self.max_batch)}
 
+    def shutdown(self) -> None:
+        self.runner.shutdown()
+
     def _grammar(self, spec) -> str | None:
         return None if spec is None else self.engine.grammars.lark(spec)
 
