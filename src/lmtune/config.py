@@ -286,6 +286,8 @@ class ServeConfig(Section):
     max_queue: int = Field(256, gt=0, description="Most requests waiting for a batch; more are refused with 429.")
     replicas: int = Field(1, ge=1, description="Engine worker processes behind the one API (one per GPU on a multi-GPU machine).")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: lmtune's batcher over transformers; vllm: hand generation to vLLM.")
+    tensor_parallel_size: int = Field(1, ge=1, description="--backend vllm: GPUs each replica's model is split over (vLLM's tensor parallelism).")
+    eager: bool = Field(False, description="--backend vllm: no torch.compile or CUDA graphs (vLLM's enforce_eager): starts in seconds, decodes slower.")
     kbs: list[str] = Field(default_factory=list, description="Knowledge bases requests may name (`kb`); the first grounds every chat request by default.")
     kb_k: int | None = Field(None, gt=0, description="Passages per answer (default: each knowledge base's top_k).")
     kb_threshold: float | None = Field(None, ge=-1, le=1, description="Least cosine similarity of a passage (default: each knowledge base's).")

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from lmtune.cli.options import ADAPTER, KB_K, KB_THRESHOLD, MODEL, ON_NO_HIT, QUANTIZE, TEMPLATE, sampling_options
+from lmtune.cli.options import ADAPTER, BACKEND, KB_K, KB_THRESHOLD, MODEL, ON_NO_HIT, QUANTIZE, TEMPLATE, sampling_options
 from lmtune.cli.output import console, out_console
 from lmtune.errors import LmtuneError
 
@@ -28,8 +28,11 @@ def thinking_switch(value: str | None) -> bool | None:
     return value == "on"
 
 
-def load(model, adapter, template, sampling: dict, defaults: dict | None = None, quantize: int | None = None):
-    """The engine, with the run's generate settings under the command-line ones."""
+def load(model, adapter, template, sampling: dict, defaults: dict | None = None, quantize: int | None = None, backend: str = "hf",
+         weights: bool = True, eager: bool = False):
+    """The engine, with the run's generate settings under the command-line ones. backend vllm:
+    generation on vLLM (serve/vllm.py), the transformers weights loaded too only where `weights`
+    (eval scores loss and choices with them)."""
     from pydantic import ValidationError
 
     from lmtune.config import GenerateConfig, flag_problems, load_run_config
@@ -44,9 +47,32 @@ def load(model, adapter, template, sampling: dict, defaults: dict | None = None,
         raise LmtuneError(flag_problems(exc)) from None
     if quantize not in (None, 4, 8):
         raise LmtuneError(f"--quantize {quantize}: choose 4 or 8 (bits)")
+    check_backend(backend)
+    if backend == "vllm":
+        return _load_vllm(model, adapter, template, settings, quantize, weights, eager)
     from lmtune.infer.engine import load_engine  # torch and transformers: only once the flags hold
 
     return load_engine(model, adapter, template, settings, quantize)
+
+
+def check_backend(backend: str) -> None:
+    """--backend: hf, or vllm where it is installed (checked before any data or model is read)."""
+    if backend not in ("hf", "vllm"):
+        raise LmtuneError(f"--backend {backend}: choose hf or vllm")
+    if backend == "vllm":
+        from lmtune.serve.vllm_install import check_vllm
+
+        check_vllm()
+
+
+def _load_vllm(model, adapter, template, settings, quantize: int | None, weights: bool, eager: bool):
+    if quantize:
+        raise LmtuneError("--quantize goes with --backend hf (bitsandbytes); vLLM loads quantized checkpoints (AWQ, GPTQ, FP8) by itself")
+    from lmtune.infer.engine import load_engine
+    from lmtune.serve.vllm import load_vllm_engine
+
+    hf = load_engine(model, adapter, template, settings).model if weights else None
+    return load_vllm_engine(model, adapter, template, settings=settings, hf_model=hf, eager=eager)
 
 
 @sampling_options
@@ -100,6 +126,8 @@ def generate(
     json_schema: Optional[Path] = typer.Option(
         None, "--json-schema", help="JSON Schema file: every prediction is JSON valid against it (constrained decoding; thinking off)."
     ),
+    backend: str = BACKEND,
+    eager: bool = typer.Option(False, "--eager", help="--backend vllm: skip torch.compile and CUDA graphs (starts fast, decodes slower)."),
     sampling: dict = None,
 ):
     """Answer every record of a data file in batches; re-running skips records already answered."""
@@ -109,13 +137,14 @@ def generate(
 
     if as_dataset and as_dataset not in DATASET_FORMATS:
         raise LmtuneError(f"--as-dataset {as_dataset}: choose one of {', '.join(DATASET_FORMATS)}")
+    check_backend(backend)
     spec = None
     if json_schema:  # checked before the model loads
         from lmtune.infer.grammar import spec_from_file
 
         spec = spec_from_file(json_schema)
     items = read_items(data, False if spec else thinking_switch(thinking))
-    engine = load(model, adapter, template, sampling, quantize=quantize)
+    engine = load(model, adapter, template, sampling, quantize=quantize, backend=backend, weights=False, eager=eager)
     with Progress(console=console) as progress:
         task = progress.add_task("generating", total=len(items))
         result = generate_file(engine, items, out, engine.settings.batch_size, lambda n: progress.advance(task, n), spec)
@@ -160,6 +189,7 @@ def evaluate(
         None, "--chat-template/--no-chat-template", help="Prompt --tasks through the run's template (default: generation tasks only)."
     ),
     quantize: Optional[int] = QUANTIZE,
+    backend: str = BACKEND,
     sampling: dict = None,
 ):
     """Evaluate a model and, with --with-base, the model it was trained from, in one table."""
@@ -171,6 +201,7 @@ def evaluate(
 
     from lmtune.config import load_run_config
 
+    check_backend(backend)
     run = load_run_config(adapter or model) if (adapter or model) else None
     if with_base and run is None:
         raise LmtuneError("--with-base: the model folder has no run.yaml naming the model it was trained from")
@@ -179,7 +210,8 @@ def evaluate(
         raise LmtuneError(
             "nothing to evaluate: pass --data DEV_FILE and/or --choice CSV_OR_FOLDER (the run has no data.val_size dev split), or --tasks NAME"
         )
-    engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize)  # greedy: scores that can be redone
+    # greedy: scores that can be redone; with --backend vllm the answers come from vLLM, loss and choices from the weights
+    engine = load(model, adapter, template, sampling, defaults={"temperature": 0.0}, quantize=quantize, backend=backend)
     from lmtune.evaluate.suite import base_of, build_suite, write_results
 
     # --tasks alone runs only the harness; --data or --choice beside it add lmtune's own measures

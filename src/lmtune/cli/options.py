@@ -12,6 +12,7 @@ MODEL = typer.Option(None, "--model", help="Base model folder or hub id ORG/NAME
 ADAPTER = typer.Option(None, "--adapter", help="Adapter folder written by `lmtune train`.")
 TEMPLATE = typer.Option(None, "--template", help="Prompt template (default: the one used in training).")
 QUANTIZE = typer.Option(None, "--quantize", help="Load the base in 4 or 8 bits (bitsandbytes; CUDA GPU only).")
+BACKEND = typer.Option("hf", "--backend", help="hf (transformers) or vllm: generation on vLLM (installed by make vllm).")
 KB_K = typer.Option(None, "--kb-k", help="Passages per answer (default: the knowledge base's top_k, 3).")
 KB_THRESHOLD = typer.Option(None, "--kb-threshold", help="Use only passages at least this similar to the question (cosine, -1 to 1).")
 ON_NO_HIT = typer.Option(None, "--on-no-hit", help="No passage passes the threshold: answer (without them, saying so) or refuse.")

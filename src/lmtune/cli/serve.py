@@ -23,7 +23,9 @@ def serve(
     max_batch: int = typer.Option(32, "--max-batch", help="Most answers generated together."),
     max_queue: int = typer.Option(256, "--max-queue", help="Most waiting requests; more get 429."),
     replicas: int = typer.Option(1, "--replicas", help="Engine worker processes behind the one API."),
-    backend: str = typer.Option("hf", "--backend", help="hf (transformers) or vllm (CUDA GPU)."),
+    backend: str = typer.Option("hf", "--backend", help="hf (lmtune's batcher over transformers) or vllm (installed by make vllm)."),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="--backend vllm: GPUs each replica's model is split over."),
+    eager: bool = typer.Option(False, "--eager", help="--backend vllm: skip torch.compile and CUDA graphs (starts fast, decodes slower)."),
     kb: Optional[list[str]] = typer.Option(None, "--kb", help="Knowledge base requests may name (repeatable); the first grounds every chat request."),
     kb_k: Optional[int] = KB_K,
     kb_threshold: Optional[float] = KB_THRESHOLD,
@@ -43,6 +45,7 @@ def serve(
     try:
         config = ServeConfig(model=model, adapter=unnamed[0] if unnamed else None, adapters=named, template=template, host=host,
                              port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue, replicas=replicas, backend=backend,
+                             tensor_parallel_size=tensor_parallel_size, eager=eager,
                              kbs=kb or [], kb_k=kb_k, kb_threshold=kb_threshold, on_no_hit=on_no_hit, embedding=embedding)
     except ValidationError as exc:
         raise LmtuneError(flag_problems(exc, {"adapters": "--adapter", "kbs": "--kb"})) from None

@@ -14,8 +14,9 @@ from lmtune.doctor.check import Check, guarded
 
 def run_checks(model: str | None = None, config: Path | None = None) -> list[Check]:
     from lmtune.doctor.checks import ENVIRONMENT
+    from lmtune.doctor.vllm import check_vllm
 
-    results = [c for check in ENVIRONMENT for c in guarded(check)]
+    results = [c for check in (*ENVIRONMENT, check_vllm) for c in guarded(check)]
     if model:
         from lmtune.doctor.model import model_checks
 

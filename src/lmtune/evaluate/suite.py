@@ -145,9 +145,17 @@ def base_of(engine: Engine, trained: ModelConfig) -> Iterator[Engine]:
     """The model a fine-tune started from, prompted the same way: the adapter switched off, or
     (for a full fine-tune) the base weights loaded beside it."""
     if hasattr(engine.model, "disable_adapter"):
+        lora = getattr(engine, "lora", None)  # a vLLM engine (serve/vllm.py) answers with its LoRA by name: off too
         with engine.model.disable_adapter():
-            yield engine
+            engine.lora = None
+            try:
+                yield engine
+            finally:
+                engine.lora = lora
         return
+    if getattr(engine, "runner", None):
+        raise LmtuneError("--with-base on a full fine-tune with --backend vllm would load a second model into vLLM; "
+                          "evaluate the base on its own (lmtune eval --model BASE --backend vllm), or use --backend hf")
     from lmtune.model.hub import base_folder
     from lmtune.model.load import align_special_tokens, load_model
 

@@ -15,7 +15,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from lmtune.config import GenerateConfig, QuantConfig, load_run_config
+from lmtune.config import GenerateConfig, QuantConfig, RunConfig, load_run_config
 from lmtune.data.encode import Encoder, pad_batch
 from lmtune.data.records import Conversation
 from lmtune.errors import LmtuneError
@@ -34,8 +34,11 @@ class Reply:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, template: Template, settings: GenerateConfig):
-        self.model = model.eval()
+    def __init__(self, model, tokenizer, template: Template, settings: GenerateConfig, config=None):
+        """model None: a head without weights (prompts, stops, text) for an engine that generates
+        elsewhere (infer/vllm.py); config is then the model's transformers config."""
+        self.model = model.eval() if model is not None else None
+        self.config = model.config if model is not None else config
         self.tokenizer = tokenizer
         self.template = template
         self.settings = settings
@@ -50,9 +53,20 @@ class Engine:
         if self._grammars is None:
             from lmtune.infer.grammar import Grammars
 
-            vocab = self.model.get_output_embeddings().weight.shape[0]  # the logits' width, which may exceed the tokenizer's
-            self._grammars = Grammars(self.tokenizer, vocab, self.stop_ids)
+            self._grammars = Grammars(self.tokenizer, self.vocab_size, self.stop_ids)
         return self._grammars
+
+    @property
+    def vocab_size(self) -> int:
+        """The logits' width (token ids the model knows), which may exceed the tokenizer's."""
+        if self.model is None:
+            return self.config.vocab_size
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def window(self) -> int | None:
+        """The most tokens (prompt + answer) the model takes, None where its config does not say."""
+        return getattr(self.config, "max_position_embeddings", None)
 
     # ------------------------------------------------------------ public
 
@@ -223,6 +237,29 @@ def load_engine(
     """Base model + optional adapter, the base optionally in 4 or 8 bits (bitsandbytes, GPU).
     Template and settings default to the run.yaml that training wrote into the adapter (or
     full-model) folder."""
+    head = load_head(model, adapter, template, settings)
+    quant = quantization(QuantConfig(bits=bits), f"--quantize {bits}bit", "drop --quantize") if bits else None
+    reward = bool(head.run and head.run.data.stage == "rm")  # scores answers (lmtune eval), generates nothing
+    model_obj = load_model(head.base, head.run.model.dtype if head.run else "auto", quantization_config=quant, reward=reward)
+    align_special_tokens(model_obj, head.tokenizer)
+    if adapter:
+        model_obj = load_adapter(model_obj, adapter)
+    return Engine(model_obj, head.tokenizer, head.template, head.settings)
+
+
+@dataclass
+class Head:
+    """What an engine needs besides the weights: the base folder, tokenizer, template, settings and run."""
+
+    base: str
+    tokenizer: object
+    template: Template
+    settings: GenerateConfig
+    run: RunConfig | None
+
+
+def load_head(model: str | None, adapter: str | None, template: str | None, settings: GenerateConfig | None = None) -> Head:
+    """The folders checked and resolved (a .gguf dequantized once), the tokenizer and template loaded."""
     for flag, folder in (("--adapter", adapter), ("--model", model)):
         if folder and not Path(folder).exists() and not (flag == "--model" and is_hub_id(folder)):
             raise LmtuneError(f"{flag} {folder}: no such folder")
@@ -237,10 +274,4 @@ def load_engine(
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
     tokenizer = load_tokenizer(tokenizer_dir)
     chosen = choose_template(template, run, run_dir, tokenizer)
-    quant = quantization(QuantConfig(bits=bits), f"--quantize {bits}bit", "drop --quantize") if bits else None
-    reward = bool(run and run.data.stage == "rm")  # scores answers (lmtune eval), generates nothing
-    model_obj = load_model(base, run.model.dtype if run else "auto", quantization_config=quant, reward=reward)
-    align_special_tokens(model_obj, tokenizer)
-    if adapter:
-        model_obj = load_adapter(model_obj, adapter)
-    return Engine(model_obj, tokenizer, chosen, settings or (run.generate if run else GenerateConfig()))
+    return Head(str(base), tokenizer, chosen, settings or (run.generate if run else GenerateConfig()), run)

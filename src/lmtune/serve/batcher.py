@@ -26,13 +26,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lmtune.errors import LmtuneError
 from lmtune.infer.engine import Engine
 from lmtune.infer.grammar import GrammarError
-from lmtune.serve.completions import completion_ids
-from lmtune.serve.constrain import constrained, request_spec
-from lmtune.serve.decode import Row, Sampling, decode
-from lmtune.serve.schemas import ApiError, conversation
+from lmtune.serve.decode import Row, decode
+from lmtune.serve.requests import plan
+from lmtune.serve.schemas import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -167,21 +165,14 @@ class Batcher:
     # ------------------------------------------------------------ requests → rows
 
     def _job(self, job_id: str, request: dict, emit: Emit) -> Job:
-        if constrained(request):  # structured output (serve/constrain.py): the grammar is the whole answer, and ends it
-            request = {**request, "thinking": False, "ignore_eos": False}
-        prompt, stops, opened = self._prompt(request)
-        spec = request_spec(request, self.engine.template, opened)
-        if spec is not None:  # the grammar ends the answer: only the client's stop strings may cut it
-            stops = tuple(request.get("stop") or ())
-        sampling = self._sampling(request, len(prompt))
-        job = Job(job_id, request["model"], [], emit, remaining=request.get("n", 1), opened=opened)
-        for index in range(request.get("n", 1)):
-            seed = None if sampling.seed is None else sampling.seed + index  # n answers, each redoable
+        planned = plan(self.engine, request)
+        job = Job(job_id, request["model"], [], emit, remaining=planned.n, opened=planned.opened)
+        for index in range(planned.n):
             job.rows.append(Row(
-                prompt, Sampling(**{**sampling.__dict__, "seed": seed}), stops,
+                planned.prompt, planned.choice(index), planned.stops,
                 on_text=lambda text, lp, i=index: emit(job_id, ("text", i, text, lp)),
                 on_done=lambda *done, i=index: self._done(job, i, done),
-                cancelled=lambda: job.cancelled, constraint=self._matcher(spec),
+                cancelled=lambda: job.cancelled, constraint=self._matcher(planned.spec),
             ))
         return job
 
@@ -200,37 +191,3 @@ class Batcher:
         if job.remaining == 0:
             job.ended = True
             job.emit(job.id, ("end",))
-
-    def _prompt(self, request: dict) -> tuple[list[int], tuple[str, ...], bool]:
-        """Prompt ids, stop strings, and whether the prompt opens a think block."""
-        engine, extra = self.engine, tuple(request.get("stop") or ())
-        if request["kind"] == "completion":  # the raw prompt: no template, so only the client's stops
-            return completion_ids(engine, request["prompt"], request.get("add_special_tokens", True)), extra, False
-        conv = conversation(request["messages"], request.get("thinking"), request.get("tools"))
-        try:
-            prompt = engine.encoder.prompt_ids(conv)
-        except LmtuneError as exc:
-            raise ApiError(400, f"the template '{engine.template.name}' cannot express this conversation: {exc}", "messages") from None
-        return prompt, tuple(dict.fromkeys((*engine.stops, *extra))), engine.encoder.opens_reasoning(conv)
-
-    def _sampling(self, request: dict, prompt_tokens: int) -> Sampling:
-        """The request's settings over the run's generate defaults; max_tokens fitted to the window."""
-        defaults, given = self.engine.settings, request
-        value = lambda name, default: given[name] if given.get(name) is not None else default  # noqa: E731
-        window = getattr(self.engine.model.config, "max_position_embeddings", None) or 2**31
-        max_tokens = value("max_tokens", None)
-        if max_tokens is None:
-            max_tokens = min(defaults.max_new_tokens, window - prompt_tokens)
-        if prompt_tokens + max_tokens > window or max_tokens < (0 if given.get("echo") else 1):  # echo: 0 scores the prompt only
-            raise ApiError(400, f"This model's maximum context length is {window} tokens. However, you requested "
-                           f"{prompt_tokens + max(max_tokens, 1)} tokens ({prompt_tokens} in the prompt, {max(max_tokens, 1)} in the completion). "
-                           "Please reduce the length of the messages or completion.", "messages", "context_length_exceeded")
-        return Sampling(
-            temperature=value("temperature", defaults.temperature), top_p=value("top_p", defaults.top_p),
-            top_k=value("top_k", defaults.top_k), repetition_penalty=value("repetition_penalty", defaults.repetition_penalty),
-            no_repeat_ngram_size=defaults.no_repeat_ngram_size, presence_penalty=given.get("presence_penalty") or 0.0,
-            frequency_penalty=given.get("frequency_penalty") or 0.0, max_tokens=max_tokens, seed=value("seed", defaults.seed),
-            logprobs=bool(given.get("logprobs")), top_logprobs=given.get("top_logprobs") or 0, ignore_eos=bool(given.get("ignore_eos")),
-            echo=bool(given.get("echo")),
-        )
-

