@@ -92,8 +92,9 @@ def make_job(work: Path, n: int, sigma: float, hidden: int = 256, layers: int = 
     return data, dev_file, model, tokens
 
 
-def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process, its output kept in cwd/log.txt."""
+def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system: what moves less when the machine is shared) and
+    peak RSS (MiB) of one process, its output kept in cwd/log.txt."""
     start = time.perf_counter()
     with open(cwd / "log.txt", "w") as log:
         process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -101,7 +102,7 @@ def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float
     seconds = time.perf_counter() - start
     if status:
         sys.exit(f"{' '.join(command)} failed; see {cwd / 'log.txt'}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def real_job(work: Path, model: str, n: int, dev_count: int) -> tuple[Path, Path, Path, int]:
@@ -136,7 +137,7 @@ def lmtune_config(data: Path, model: Path, out: Path, changes: dict) -> dict:
         "data": {"path": str(data), "template": TEMPLATE, "cutoff_len": CUTOFF, "cache": False},
         "finetune": {"method": "lora", "lora": {"r": 8, "alpha": 16, "target": "all-linear"}},
         "train": {"output_dir": str(out), "num_train_epochs": 1, "learning_rate": 1e-3,
-                  "per_device_train_batch_size": 8, "logging_steps": 10, "seed": 0},
+                  "per_device_train_batch_size": 8, "logging_steps": LOGGING_STEPS, "seed": 0},
     }
     for key, value in changes.items():
         apply_override(config, f"{key}={json.dumps(value)}")  # as `lmtune train … key=value` would (JSON is YAML)
@@ -147,10 +148,10 @@ def run_lmtune(work: Path, data: Path, model: Path, name: str) -> dict:
     folder = work / f"lmtune-{name}"
     folder.mkdir()
     (folder / "config.yaml").write_text(json.dumps(lmtune_config(data, model, folder / "out", LEVERS[name])))
-    seconds, peak = timed([LMTUNE, "train", "config.yaml"], folder)
+    seconds, cpu, peak = timed([LMTUNE, "train", "config.yaml"], folder)
     lines = [json.loads(line) for line in (folder / "out" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in lines if "loss" in r]
-    return {"seconds": seconds, "peak": peak, "train loss": sum(losses) / len(losses), "out": folder / "out"}
+    return {"seconds": seconds, "cpu": cpu, "peak": peak, "train loss": sum(losses) / len(losses), "out": folder / "out"}
 
 
 def run_peer(cli: str, work: Path, data: Path, model: Path, name: str) -> dict:
@@ -163,16 +164,16 @@ def run_peer(cli: str, work: Path, data: Path, model: Path, name: str) -> dict:
         "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
         "lora_target": "all", "lora_rank": 8, "lora_alpha": 16, "dataset": "bench", "dataset_dir": str(folder),
         "template": PEER_TEMPLATE, "cutoff_len": CUTOFF, "overwrite_cache": True, "output_dir": str(folder / "out"),
-        "per_device_train_batch_size": 8, "learning_rate": 1e-3, "num_train_epochs": 1, "logging_steps": 10,
+        "per_device_train_batch_size": 8, "learning_rate": 1e-3, "num_train_epochs": 1, "logging_steps": LOGGING_STEPS,
         "report_to": "none", "seed": 0, **PEERS[name],
     }
     (folder / "config.yaml").write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in config.items()))
     env = {**os.environ, "HF_DATASETS_CACHE": str(folder / "hf-cache"), "HF_HUB_OFFLINE": "1",
            "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": ""}
-    seconds, peak = timed([cli, "train", "config.yaml"], folder, env)
+    seconds, cpu, peak = timed([cli, "train", "config.yaml"], folder, env)
     state = json.loads((folder / "out" / "trainer_state.json").read_text())
     losses = [r["loss"] for r in state["log_history"] if "loss" in r]
-    return {"seconds": seconds, "peak": peak, "train loss": sum(losses) / len(losses), "out": folder / "out"}
+    return {"seconds": seconds, "cpu": cpu, "peak": peak, "train loss": sum(losses) / len(losses), "out": folder / "out"}
 
 
 def dev_loss(model: Path, adapter: Path, dev: Path) -> float:
@@ -257,7 +258,7 @@ def _category(name: str) -> str:
 
 
 def main() -> None:
-    global CUTOFF, TEMPLATE, PEER_TEMPLATE
+    global CUTOFF, TEMPLATE, PEER_TEMPLATE, LOGGING_STEPS
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--sigma", type=float, default=0.9, help="spread of the answer lengths (lognormal)")
@@ -273,6 +274,7 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=20, help="held-out records with --model")
     args = parser.parse_args()
     CUTOFF, TEMPLATE, PEER_TEMPLATE = args.cutoff, "auto" if args.model else "alpaca", args.peer_template
+    LOGGING_STEPS = 1 if args.model else 10
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -293,10 +295,10 @@ def main() -> None:
     shape = f"model {args.model}" if args.model else f"hidden {args.hidden}, {args.layers} layers, answer-length sigma {args.sigma}"
     print(f"job: {samples} records, cutoff {args.cutoff}, {tokens:,} tokens; "
           f"LoRA r 8 on all linear layers, batch 8, lr 1e-3, one epoch; {shape}")
-    print("| run | whole process | samples/s | tokens/s | peak RSS | train loss (epoch mean) | dev loss after |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | whole process | CPU s | samples/s | tokens/s | peak RSS | train loss (epoch mean) | dev loss after |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['seconds']:.1f} s | {samples / r['seconds']:.1f} | {tokens / r['seconds']:,.0f} | "
+        print(f"| {name} | {r['seconds']:.1f} s | {r['cpu']:.0f} | {samples / r['seconds']:.1f} | {tokens / r['seconds']:,.0f} | "
               f"{r['peak']:,.0f} MiB | {r['train loss']:.3f} | {r['dev loss']:.3f} |")
     if "LLaMA-Factory" in results and "lmtune default" in results:
         print(f"LLaMA-Factory / lmtune default, whole process: {results['LLaMA-Factory']['seconds'] / results['lmtune default']['seconds']:.2f}x")
@@ -304,6 +306,7 @@ def main() -> None:
 
 CUTOFF = 512
 TEMPLATE = PEER_TEMPLATE = "alpaca"
+LOGGING_STEPS = 10  # 1 with --model: its job is a few steps long
 REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "llamafactory-data"
 
 if __name__ == "__main__":
