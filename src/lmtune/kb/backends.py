@@ -87,7 +87,8 @@ def _export(model, inputs: list[str], path: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for an encoder (verified below)
         # dynamo=False: the TorchScript exporter handles BERT-style models with dynamic axes in seconds.
-        torch.onnx.export(Forward(), tuple(sample[name] for name in inputs), str(path), input_names=inputs,
+        # .eval(): export restores the wrapper's mode to its submodules, and a new module is in training mode (dropout on).
+        torch.onnx.export(Forward().eval(), tuple(sample[name] for name in inputs), str(path), input_names=inputs,
                           output_names=["token_embeddings"], dynamic_axes=axes, opset_version=17, dynamo=False)
         _verify(transformer, inputs, model[0].tokenizer, path)
 
