@@ -315,7 +315,7 @@ class KbConfig(Section):
     )
     batch_size: int = Field(64, gt=0, description="Chunks embedded per batch.")
     flat_limit: int = Field(
-        200_000, gt=0, description="Up to this many chunks the index is exact (flat); past it, IVF (approximate, faster)."
+        20_000, gt=0, description="Up to this many chunks the index is exact (flat); past it, IVF (approximate, faster)."
     )
     top_k: int = Field(3, gt=0, description="Passages returned per query.")
     score_threshold: float | None = Field(

@@ -1,6 +1,6 @@
 """Files in and out of a knowledge base: add (only chunks not already there), remove, rebuild.
 
-Embedding, nearly all of an ingest's time, goes in slices of SLICE chunks, longest first; each
+Embedding, nearly all of an ingest's time, goes in slices of SLICE batches, longest first; each
 slice's vectors are committed to pending.EmbeddedSoFar, so an add that is killed resumes at the
 slice it was in.
 """
@@ -21,7 +21,7 @@ from lmtune.kb.pending import EmbeddedSoFar
 from lmtune.kb.progress import EmbedProgress
 from lmtune.kb.split import Chunk, chunk_pages
 
-SLICE = 512  # chunks embedded between commits: at most this much work is lost to a kill
+SLICE = 8  # batches embedded between commits (512 chunks by default): at most this much work is lost to a kill
 
 
 @dataclass
@@ -118,8 +118,9 @@ def _embed(folder: Path, chunks: list[Chunk], embedder: Embedder) -> np.ndarray:
         found = so_far.get(list(texts))
         todo = sorted((h for h in texts if h not in found), key=lambda h: -len(texts[h]))
         with EmbedProgress(len(texts), len(found)) as progress:
-            for at in range(0, len(todo), SLICE):
-                part = todo[at : at + SLICE]
+            step = SLICE * embedder.batch_size
+            for at in range(0, len(todo), step):
+                part = todo[at : at + step]
                 vectors = embedder.encode([texts[h] for h in part], progress=progress.advance)
                 so_far.put(part, vectors)
                 found.update(zip(part, vectors))

@@ -18,7 +18,7 @@ from lmtune.kb.base import KnowledgeBase
 from lmtune.kb.embed import Embedder
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z]")
+_LATIN = re.compile(r"[A-Za-z]+")
 CANDIDATES = 4  # each retriever proposes this many times top_k, so fusion and reranking have a choice
 
 
@@ -48,9 +48,8 @@ def rrf(rankings: list[list[int]], k: int = 60, weights: list[float] | None = No
 
 
 def query_language(text: str) -> str:
-    """'zh' when Chinese characters carry the query (one counts as much as a 4-letter word), else 'en'."""
-    chinese = len(_CJK.findall(text))
-    return "zh" if chinese and chinese >= len(_LATIN.findall(text)) / 4 else "en"
+    """'zh' when Chinese characters carry the query (more of them than twice its Latin words), else 'en'."""
+    return "zh" if len(_CJK.findall(text)) > 2 * len(_LATIN.findall(text)) else "en"
 
 
 def dense_weight(query: str, languages: tuple[str, ...] | None, config: KbConfig) -> float:
