@@ -59,6 +59,9 @@ class OnnxTransformer:
 def _exported(path: Path, make) -> Path:
     """The file, made once: written under a temporary name and renamed, so a crash never leaves half an export."""
     if not path.is_file():
+        from rich.console import Console
+
+        Console(stderr=True).print(f"making {path.name} for this embedding model, once: {path.parent}", highlight=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{uuid.uuid4().hex[:8]}-{path.name}")
         try:
@@ -104,10 +107,16 @@ def _verify(transformer, inputs: list[str], tokenizer, path: Path) -> None:
 
 
 def _quantize(fp32: Path, path: Path) -> None:
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Dynamic int8: weights quantized once, activations per batch; MatMul only, where the time goes.
-    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
+    logging.disable(logging.WARNING)  # its advice to pre-process the graph first, on the root logger; int8 was measured without
+    try:
+        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _onnxruntime(path: Path):

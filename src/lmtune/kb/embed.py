@@ -74,10 +74,13 @@ class Embedder:
 
     def _batch(self, texts: list[str]) -> np.ndarray:
         if self.onnx is None:
-            return self.model.encode(texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True)
+            return self.model.encode(
+                texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
         import torch
 
-        features = self.model.tokenize(texts)
+        preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize  # renamed in v6
+        features = preprocess(texts)
         features["token_embeddings"] = torch.from_numpy(self.onnx(features))
         with torch.no_grad():
             for module in list(self.model)[1:]:  # pooling, normalisation (and a dense layer where a model has one)
