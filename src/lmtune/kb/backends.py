@@ -61,7 +61,7 @@ def _exported(path: Path, make) -> Path:
     if not path.is_file():
         from rich.console import Console
 
-        Console(stderr=True).print(f"making {path.name} for this embedding model, once: {path.parent}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"making {path.name} for this embedding model, once: {path.parent}", highlight=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{uuid.uuid4().hex[:8]}-{path.name}")
         try:

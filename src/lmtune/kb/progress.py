@@ -13,7 +13,7 @@ LINE_EVERY = 10.0  # seconds between progress lines when stderr is not a termina
 
 class EmbedProgress:
     def __init__(self, total: int, done: int = 0, live: bool | None = None):
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)
         self.total, self.done, self.resumed = total, done, done
         self.live = self.console.is_terminal if live is None else live
         self.quiet = total - done < QUIET_BELOW
