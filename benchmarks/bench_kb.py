@@ -130,7 +130,7 @@ def recall(store, queries: np.ndarray, k: int = 10) -> None:
     exact = faiss.IndexFlatIP(DIMENSION)
     exact.add(vectors)
     truth = ids[exact.search(queries, k)[1]]
-    for nprobe in (8, 16, 32, 64):
+    for nprobe in (32, 64, store.index.nprobe, 256):
         store.index.nprobe = nprobe
         times, found = [], []
         for q in queries:
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--subset", type=int, default=512, help="Chunks each backend embeds to measure its rate.")
     parser.add_argument("--backends", default="torch,onnx,onnx-int8,openvino,openvino-bf16")
+    parser.add_argument("--existing", help="A knowledge base this script built before (same LMTUNE_HOME): measure its queries again.")
     parser.add_argument("--sentences", type=int, default=10_000, help="CMRC sentences embedded as the real vectors (at most ~9,800).")
     args = parser.parse_args()
     os.environ.setdefault("LMTUNE_HOME", tempfile.mkdtemp(prefix="bench-kb-"))
@@ -175,7 +176,12 @@ def main() -> None:
     words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 9))) for _ in range(20_000)]
     print(f"load {os.getloadavg()[0]:.1f}", flush=True)
     embedders = embedding_rates(args.backends.split(","), [paragraph(rng, words) for _ in range(args.subset)])
+    if not args.chunks:  # --chunks 0: the embedding backends' speed only
+        return
 
+    if args.existing:
+        queries = [" ".join(rng.choices(words, k=3)) + " " + "".join(rng.choices(CJK, k=4)) for _ in range(args.queries)]
+        return measure_queries(KnowledgeBase(args.existing), next(iter(embedders.values())), queries)
     vectors, asked = real_vectors(embedders.get("onnx-int8") or next(iter(embedders.values())), args.chunks, np.random.default_rng(0), args.sentences)
     corpus = Path(tempfile.mkdtemp(prefix="kb-corpus-"))
     write_corpus(corpus, args.chunks, rng, words)
@@ -197,10 +203,22 @@ def main() -> None:
     flat_latency(vectors, asked[: args.queries])
 
 
+def measure_queries(kb: KnowledgeBase, embedder, queries: list[str]) -> None:
+    articles = json.loads(CMRC.read_text(encoding="utf-8"))["data"]
+    asked = embedder.encode([qa["question"] for a in articles for p in a["paragraphs"] for qa in p["qas"]][: 2 * len(queries)])
+    pool = PoolEmbedder(np.zeros((0, DIMENSION), np.float32), {q: asked[i] for i, q in enumerate(queries)})
+    retriever = Retriever(kb, pool)
+    sizes(kb)
+    query_latency(retriever, queries, retriever.version.store.count)
+    if retriever.version.store.kind.startswith("ivf"):
+        recall(retriever.version.store, asked)
+
+
 def flat_latency(vectors: np.ndarray, queries: np.ndarray) -> None:
-    """Exact search alone at several sizes: where flat_limit should sit."""
+    """Exact search alone at several sizes, on one thread as FaissStore.search runs a query: where flat_limit should sit."""
     import faiss
 
+    faiss.omp_set_num_threads(1)
     for count in (10_000, 20_000, 50_000, 100_000):
         if count > len(vectors):
             break
