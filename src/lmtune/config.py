@@ -310,9 +310,14 @@ class KbConfig(Section):
     )
     chunk_size: int = Field(500, gt=0, description="Most characters per chunk.")
     overlap: int = Field(50, ge=0, description="Characters a chunk repeats from the end of the one before it.")
+    backend: Literal["auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16"] = Field(
+        "auto",
+        description="What runs the embedding model: auto = torch on a GPU, else the fastest CPU backend (onnx-int8); "
+        "chosen at the first `kb add` and kept, so queries are embedded as the chunks were.",
+    )
     batch_size: int = Field(64, gt=0, description="Chunks embedded per batch.")
     flat_limit: int = Field(
-        200_000, gt=0, description="Up to this many chunks the index is exact (flat); past it, IVF (approximate, faster)."
+        20_000, gt=0, description="Up to this many chunks the index is exact (flat); past it, IVF (approximate, faster)."
     )
     top_k: int = Field(3, gt=0, description="Passages returned per query.")
     score_threshold: float | None = Field(
@@ -321,6 +326,11 @@ class KbConfig(Section):
     neighbors: int = Field(0, ge=0, description="Add this many chunks before and after each hit, from the same file, merged into it.")
     hybrid: bool = Field(True, description="Fuse dense results with BM25 keyword results (reciprocal-rank fusion).")
     rrf_k: int = Field(60, gt=0, description="Reciprocal-rank fusion constant: a hit scores 1 / (rrf_k + rank) per retriever.")
+    foreign_dense_weight: float = Field(
+        0.0, ge=0, le=1,
+        description="Fusion weight of the dense ranking when the embedding model's card does not list the query's language "
+        "(Chinese or English), as with the English default model on Chinese questions; BM25 weighs 1.",
+    )
     reranker: str | None = Field(None, description="Cross-encoder model folder or hub id that reorders the hits (none = off).")
     prompt: str = Field(
         "学习以下文段, 用中文回答用户问题。如果无法从中得到答案，忽略文段内容并用中文回答用户问题。",

@@ -23,6 +23,7 @@ def create(
     embedding: Optional[str] = typer.Option(None, "--embedding", help="Embedding model folder or hub id (default: offline all-MiniLM-L6-v2)."),
     chunk_size: int = typer.Option(500, "--chunk-size", help="Most characters per chunk."),
     overlap: int = typer.Option(50, "--overlap", help="Characters a chunk repeats from the one before."),
+    backend: str = typer.Option("auto", "--backend", help="What runs the embedding model: auto, torch, onnx, onnx-int8, openvino, openvino-bf16."),
 ):
     """Create an empty knowledge base."""
     from pydantic import ValidationError
@@ -31,9 +32,9 @@ def create(
     from lmtune.kb.base import KnowledgeBase
 
     try:
-        config = KbConfig(chunk_size=chunk_size, overlap=overlap, **({"embedding": embedding} if embedding else {}))
+        config = KbConfig(chunk_size=chunk_size, overlap=overlap, backend=backend, **({"embedding": embedding} if embedding else {}))
     except ValidationError as exc:
-        raise LmtuneError(flag_problems(exc)) from None
+        raise LmtuneError(flag_problems(exc, {"backend": "--backend"})) from None
     kb = KnowledgeBase.create(name, config)
     console.print(f"created knowledge base '{name}' in {kb.folder} (embedding {kb.config.embedding}); add files: lmtune kb add {name} PATH")
 
@@ -48,7 +49,8 @@ def add(name: str = NAME, paths: list[str] = typer.Argument(..., help="Files or 
 
     kb = KnowledgeBase(name)
     collect_files(paths)  # a path that is not there fails now, not after the model has loaded
-    _report(add_paths(kb, paths, Embedder(kb.config.embedding, kb.config.batch_size)), kb)
+    with kb.writing():  # another process changing it is named now, not after the model has loaded
+        _report(add_paths(kb, paths, Embedder(kb.config.embedding, kb.config.batch_size, kb.backend)), kb)
 
 
 @kb_app.command("rm")
@@ -58,13 +60,15 @@ def rm(name: str = NAME, paths: list[str] = typer.Argument(..., help="Files or f
     from lmtune.kb.ingest import remove_paths
 
     kb = KnowledgeBase(name)
-    _report(remove_paths(kb, paths), kb)
+    with kb.writing():
+        _report(remove_paths(kb, paths), kb)
 
 
 @kb_app.command("rebuild")
 def rebuild(
     name: str = NAME,
     embedding: Optional[str] = typer.Option(None, "--embedding", help="Re-embed with this model instead."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Re-embed with this backend instead (see kb create)."),
 ):
     """Read every file again, embed anew and rebuild the indexes."""
     from lmtune.kb.base import KnowledgeBase
@@ -72,9 +76,9 @@ def rebuild(
     from lmtune.kb.ingest import rebuild as run_rebuild
 
     kb = KnowledgeBase(name)
-    if embedding:
-        kb.set_embedding(embedding)
-    _report(run_rebuild(kb, Embedder(kb.config.embedding, kb.config.batch_size)), kb)
+    kb.set_embedding(embedding, backend)
+    with kb.writing():
+        _report(run_rebuild(kb, Embedder(kb.config.embedding, kb.config.batch_size, backend or kb.backend)), kb)
 
 
 @kb_app.command("list")
@@ -95,7 +99,7 @@ def list_(name: Optional[str] = typer.Argument(None, help="Show this knowledge b
     kb = KnowledgeBase(name)
     with kb.open() as version:
         kind = version.store.kind if version.store else "empty"
-        out.print(f"[bold]{name}[/]: {version.chunks.count()} chunks, index {kind}, embedding {escape(kb.config.embedding)}, "
+        out.print(f"[bold]{name}[/]: {version.chunks.count()} chunks, index {kind}, embedding {escape(kb.config.embedding)} ({kb.backend} backend), "
                   f"chunk size {kb.config.chunk_size}, overlap {kb.config.overlap}")
         for source, count in version.chunks.sources():
             out.print(f"  {count:6d}  {escape(source)}", highlight=False)
@@ -127,7 +131,7 @@ def search(
         raise LmtuneError(flag_problems(exc, {"top_k": "-k", "score_threshold": "--threshold"})) from None
     if embedding:  # checked against the KB's model before anything heavy loads
         kb.check_model({"model": embedding})
-    retriever = Retriever(kb, Embedder(embedding or kb.config.embedding, config.batch_size), config)
+    retriever = Retriever(kb, Embedder(embedding or kb.config.embedding, config.batch_size, kb.backend), config)
     hits = retriever.search(query)
     if as_json:
         print(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=2))

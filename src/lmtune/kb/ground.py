@@ -88,9 +88,12 @@ def open_retriever(name: str, embedders: dict | None = None, **settings) -> Retr
     except ValidationError as exc:
         raise LmtuneError(flag_problems(exc, KB_FLAGS)) from None
     embedders = {} if embedders is None else embedders
-    if config.embedding not in embedders:
-        embedders[config.embedding] = Embedder(config.embedding, config.batch_size)
-    return Retriever(kb, embedders[config.embedding], config)
+    key = config.embedding  # knowledge bases built with one model share it, unless they embedded with different backends
+    if key in embedders and embedders[key].backend != kb.backend:
+        key = f"{key}@{kb.backend}"
+    if key not in embedders:
+        embedders[key] = Embedder(config.embedding, config.batch_size, kb.backend)
+    return Retriever(kb, embedders[key], config)
 
 
 KB_FLAGS = {"top_k": "--kb-k", "score_threshold": "--kb-threshold", "on_no_hit": "--on-no-hit"}

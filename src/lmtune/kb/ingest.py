@@ -1,4 +1,9 @@
-"""Files in and out of a knowledge base: add (only chunks not already there), remove, rebuild."""
+"""Files in and out of a knowledge base: add (only chunks not already there), remove, rebuild.
+
+Embedding, nearly all of an ingest's time, goes in slices of SLICE batches, longest first; each
+slice's vectors are committed to pending.EmbeddedSoFar, so an add that is killed resumes at the
+slice it was in.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,11 @@ from lmtune.kb.base import KnowledgeBase, Version
 from lmtune.kb.embed import Embedder
 from lmtune.kb.keywords import tokenize
 from lmtune.kb.loaders import collect_files, load_file
+from lmtune.kb.pending import EmbeddedSoFar
+from lmtune.kb.progress import EmbedProgress
 from lmtune.kb.split import Chunk, chunk_pages
+
+SLICE = 8  # batches embedded between commits (512 chunks by default): at most this much work is lost to a kill
 
 
 @dataclass
@@ -30,6 +39,7 @@ def add_paths(kb: KnowledgeBase, paths: list[str], embedder: Embedder) -> Ingest
     with kb.change(embedder.signature) as version:
         pending = [chunk for file in files for chunk in _sync_file(version, file, kb, report)]
         _store(version, pending, embedder)
+    EmbeddedSoFar(kb.folder, embedder.signature).discard()
     report.added = len(pending)
     return report
 
@@ -58,6 +68,7 @@ def rebuild(kb: KnowledgeBase, embedder: Embedder) -> IngestReport:
     with kb.change(embedder.signature, fresh=True) as version:
         pending = [chunk for file in present for chunk in _sync_file(version, Path(file), kb, report)]
         _store(version, pending, embedder)
+    EmbeddedSoFar(kb.folder, embedder.signature).discard()
     report.added = len(pending)
     return report
 
@@ -92,8 +103,27 @@ def _sync_file(version: Version, file: Path, kb: KnowledgeBase, report: IngestRe
 def _store(version: Version, chunks: list[Chunk], embedder: Embedder) -> None:
     if not chunks:
         return
-    vectors = embedder.encode([chunk.text for chunk in chunks])
+    vectors = _embed(version.folder.parent, chunks, embedder)
     first = version.chunks.next_id()
     ids = np.arange(first, first + len(chunks), dtype=np.int64)
     version.store.add(ids, vectors)
     version.chunks.insert([(int(i), chunk, " ".join(tokenize(chunk.text))) for i, chunk in zip(ids, chunks)])
+
+
+def _embed(folder: Path, chunks: list[Chunk], embedder: Embedder) -> np.ndarray:
+    """The chunks' vectors: those an interrupted add left, and the rest embedded slice by slice, each kept when done."""
+    so_far = EmbeddedSoFar(folder, embedder.signature)
+    try:
+        texts = {chunk.hash: chunk.text for chunk in chunks}  # a text repeated across files is embedded once
+        found = so_far.get(list(texts))
+        todo = sorted((h for h in texts if h not in found), key=lambda h: -len(texts[h]))
+        with EmbedProgress(len(texts), len(found)) as progress:
+            step = SLICE * embedder.batch_size
+            for at in range(0, len(todo), step):
+                part = todo[at : at + step]
+                vectors = embedder.encode([texts[h] for h in part], progress=progress.advance)
+                so_far.put(part, vectors)
+                found.update(zip(part, vectors))
+    finally:
+        so_far.close()
+    return np.stack([found[chunk.hash] for chunk in chunks]).astype(np.float32)

@@ -8,6 +8,7 @@ so score_threshold means the same with hybrid retrieval on or off.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ from lmtune.config import KbConfig
 from lmtune.kb.base import KnowledgeBase
 from lmtune.kb.embed import Embedder
 
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]+")
 CANDIDATES = 4  # each retriever proposes this many times top_k, so fusion and reranking have a choice
 
 
@@ -35,13 +38,23 @@ class Hit:
         return asdict(self)
 
 
-def rrf(rankings: list[list[int]], k: int = 60) -> list[int]:
-    """Reciprocal-rank fusion: each list gives an item 1 / (k + rank); higher total first, ties by first list."""
+def rrf(rankings: list[list[int]], k: int = 60, weights: list[float] | None = None) -> list[int]:
+    """Reciprocal-rank fusion: each list gives an item weight / (k + rank); higher total first, ties by first list."""
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings)):
         for rank, item in enumerate(ranking, 1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
     return sorted(scores, key=lambda item: -scores[item])
+
+
+def query_language(text: str) -> str:
+    """'zh' when Chinese characters carry the query (more of them than twice its Latin words), else 'en'."""
+    return "zh" if len(_CJK.findall(text)) > 2 * len(_LATIN.findall(text)) else "en"
+
+
+def dense_weight(query: str, languages: tuple[str, ...] | None, config: KbConfig) -> float:
+    """The dense ranking's weight in fusion: `foreign_dense_weight` where the model's card does not list the query's language."""
+    return 1.0 if languages is None or query_language(query) in languages else config.foreign_dense_weight
 
 
 class Retriever:
@@ -50,7 +63,7 @@ class Retriever:
     def __init__(self, kb: KnowledgeBase | str, embedder: Embedder | None = None, config: KbConfig | None = None):
         self.kb = KnowledgeBase(kb) if isinstance(kb, str) else kb
         self.config = config or self.kb.config
-        self.embedder = embedder or Embedder(self.kb.config.embedding, self.config.batch_size)
+        self.embedder = embedder or Embedder(self.kb.config.embedding, self.config.batch_size, self.kb.backend)
         self.kb.check_model(self.embedder.signature)
         self._opened = self.kb.open()
         self.version = self._opened.__enter__()
@@ -69,7 +82,8 @@ class Retriever:
         scores, ids = self.version.store.search(query_vector, wanted)
         dense = [int(i) for i in ids[0] if i >= 0]
         keyword = self.version.keywords.search(query, wanted) if config.hybrid else []
-        order = rrf([dense, keyword], config.rrf_k) if keyword else dense
+        weights = [dense_weight(query, getattr(self.embedder, "languages", None), config), 1.0]
+        order = rrf([dense, keyword], config.rrf_k, weights) if keyword else dense
         cosine = dict(zip(dense, map(float, scores[0])))
         missing = [i for i in order if i not in cosine]
         cosine.update(zip(missing, map(float, self.version.store.vectors(np.asarray(missing)) @ query_vector[0])))
