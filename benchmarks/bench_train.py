@@ -55,6 +55,9 @@ LEVERS = {
     "bf16-autocast": {"train.bf16": True},
     "checkpointing+bf16": {"train.gradient_checkpointing": True, "train.bf16": True},
     "compile": {"train.torch_compile": True},
+    # LLaMA-Factory's schedule: linear decay, no warm-up (lmtune's default is cosine after 3% warm-up,
+    # which in a job of a few steps is one step at learning rate 0)
+    "peer-schedule": {"train.lr_scheduler_type": "linear", "train.warmup_ratio": 0.0},
 }
 # LLaMA-Factory as it comes, and without the gradient checkpointing it turns on by default.
 PEERS = {"LLaMA-Factory": {}, "LLaMA-Factory, no checkpointing": {"disable_gradient_checkpointing": True}}
