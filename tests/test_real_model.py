@@ -2,7 +2,7 @@
 run on its GGUF file lowers the loss on held-out records; its 49k-token vocabulary and ChatML template
 give the same tokens in `data encode`, the server and `generate`; a merged export answers as the adapter.
 
-One run trains for all of them: 12 steps on the real demo's data (src/lmtune/assets/real_demo_sft.jsonl).
+One run trains for all of them: 8 steps on the real demo's data (src/lmtune/assets/real_demo_sft.jsonl).
 """
 
 import json
@@ -36,8 +36,8 @@ def tuned(home, tmp_path_factory):
         model={"path": str(GGUF)},
         data={"path": str(asset(DATA_FILE)), "template": "auto", "cutoff_len": 128, "val_size": 10},
         finetune={"method": "lora", "lora": {"r": 16, "alpha": 32}},
-        train={"output_dir": str(tmp / "run"), "max_steps": 12, "per_device_train_batch_size": 4, "learning_rate": 1.0e-3,
-               "eval_on_start": True, "eval_steps": 12, "logging_steps": 4},
+        train={"output_dir": str(tmp / "run"), "max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 1.0e-3,
+               "eval_on_start": True, "eval_steps": 8, "logging_steps": 4},
         generate={"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 24},
     )
     ran = lmtune("train", str(config))
@@ -54,7 +54,7 @@ def tokenizer(home):
 
 def test_a_short_lora_run_on_the_gguf_file_lowers_the_held_out_loss(tuned):
     dev = [row["eval_loss"] for row in map(json.loads, (tuned / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) if "eval_loss" in row]
-    assert len(dev) == 2 and dev[1] < 0.6 * dev[0], dev  # 10 held-out paraphrases, before step 1 and after step 12
+    assert len(dev) == 2 and dev[1] < 0.7 * dev[0], dev  # 10 held-out paraphrases (2.33 → 1.31 here), before step 1 and after step 8
     assert yaml.safe_load((tuned / "run.yaml").read_text(encoding="utf-8"))["model"]["path"] == str(GGUF)  # the file, as given
 
 
