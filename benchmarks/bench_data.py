@@ -144,10 +144,9 @@ def write_layouts(n: int, folder: Path, layouts: list[str]) -> dict[str, Path]:
 
 def tokenizer_folder(work: Path, given: str | None = None) -> Path:
     if given:
-        from lmtune.model.gguf import dequantized, gguf_file
+        from lmtune.model.hub import resolve_model
 
-        file = gguf_file(given)
-        return dequantized(file) if file else Path(given)
+        return resolve_model(given)[0]  # a .gguf is dequantized once
     folder = work / f"tokenizer-{VOCAB}"
     if not (folder / "tokenizer.json").is_file():
         from lmtune.tiny import train_tokenizer

@@ -112,7 +112,7 @@ def real_job(work: Path, model: str, n: int, dev_count: int) -> tuple[Path, Path
     """The real-model job: LLaMA-Factory's English and Chinese alpaca demos, the model's own template."""
     from lmtune.data.encode import Encoder
     from lmtune.data.records import ASSISTANT, USER, Conversation, Turn
-    from lmtune.model.gguf import dequantized, gguf_file
+    from lmtune.model.hub import resolve_model
     from lmtune.model.load import load_tokenizer
     from lmtune.templates.hf import template_for
 
@@ -124,8 +124,7 @@ def real_job(work: Path, model: str, n: int, dev_count: int) -> tuple[Path, Path
     data, dev_file = work / "train.jsonl", work / "dev.jsonl"
     for path, part in ((data, train_rows), (dev_file, dev_rows)):
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
-    file = gguf_file(model)
-    folder = dequantized(file) if file else Path(model)
+    folder = resolve_model(model)[0]  # a .gguf is dequantized once
     tokenizer = load_tokenizer(str(folder))
     encoder = Encoder(tokenizer, template_for(TEMPLATE, tokenizer), CUTOFF, "all_assistant")
     def conversation(r: dict) -> Conversation:

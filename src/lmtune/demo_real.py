@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -108,7 +107,3 @@ def _ask(engine, items: list[dict]) -> list[Answer]:
         before = engine.generate(convs)
     after = engine.generate(convs)
     return [Answer(i["question"], i["expect"], b.text, a.text) for i, b, a in zip(items, before, after)]
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -140,7 +140,8 @@ def demo(
 
 
 def _real_demo(out: Path, model: Path | None) -> None:
-    from lmtune.demo_real import cores, run_real_demo
+    from lmtune.demo_real import run_real_demo
+    from lmtune.kb.backends import cpu_count
 
     result = run_real_demo(out, model, log=console.print)
     for title, answers in (("held-out paraphrases (new facts)", result.held_out), ("general questions (kept)", result.general)):
@@ -159,7 +160,7 @@ def _real_demo(out: Path, model: Path | None) -> None:
     console.print(
         f"new facts: {result.learned}/{len(result.held_out)} held-out questions answered with them (base model: {base_learned}); "
         f"general answers: {after}/{len(result.general)} right (base model: {before})\n"
-        f"{verdict} in {minutes} min {seconds:02d} s on {cores()} CPU cores; adapter: {adapter}\n"
+        f"{verdict} in {minutes} min {seconds:02d} s on {cpu_count()} CPU cores; adapter: {adapter}\n"
         f"try it: lmtune chat --adapter {adapter}"
     )
     if not result.passed:
