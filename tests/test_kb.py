@@ -16,7 +16,7 @@ import pytest
 from lmtune.config import KbConfig
 from lmtune.errors import KbError
 from lmtune.kb.base import KnowledgeBase
-from lmtune.kb.embed import Embedder
+from lmtune.kb.embed import Embedder, resolve_backend
 from lmtune.kb.ingest import add_paths, remove_paths
 from lmtune.kb.loaders import collect_files, load_file
 from lmtune.kb.retrieve import Retriever, rrf
@@ -310,6 +310,7 @@ def test_cli_end_to_end(home, tmp_path, tiny_model):
     assert _lmtune("create", "cli", "--embedding", tiny_model, "--chunk-size", "80", "--overlap", "10").returncode == 0
     added = _lmtune("add", "cli", str(docs))
     assert added.returncode == 0 and "2 file(s)" in added.stderr
+    assert KnowledgeBase("cli").backend == resolve_backend("auto")  # what `auto` chose here is recorded, not "auto"
     listed = _lmtune("list")
     assert listed.returncode == 0 and "cli" in listed.stdout and "flat" in listed.stdout
     found = _lmtune("search", "cli", "# More\nRice needs water and time.", "-k", "2", "--json")

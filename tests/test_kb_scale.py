@@ -9,6 +9,7 @@ chunks and CMRC quality are benchmark figures (benchmarks/bench_kb*.py), not ass
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +23,8 @@ import pytest
 from lmtune.config import KbConfig
 from lmtune.errors import KbError
 from lmtune.kb.base import KnowledgeBase
-from lmtune.kb.embed import Embedder
+from lmtune.kb.backends import cpu_computes_bf16
+from lmtune.kb.embed import Embedder, resolve_backend
 from lmtune.kb.ingest import add_paths
 from lmtune.kb.pending import FILE as SO_FAR
 from lmtune.kb.retrieve import Retriever, dense_weight, query_language
@@ -65,6 +67,21 @@ def test_onnx_int8_backend_is_recorded_and_its_queries_embedded_the_same_way(hom
     assert float(torch_vectors[0] @ int8.encode([text])[0]) > 0.9  # int8 is close to fp32, not equal
     with pytest.raises(KbError, match="embedded with the onnx-int8 backend; embedding its queries with torch"):
         Retriever(kb, Embedder(tiny_model))
+
+
+def test_auto_is_openvino_bf16_exactly_where_the_cpu_has_bf16_arithmetic():
+    """OpenVINO's report agrees with the CPU's own flags (its bf16 needs AVX512-BF16, AMX, or AVX2-VNNI-2 with
+    AVX-NE-CONVERT), and `auto` follows it off a GPU."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo.read_text(), re.M).group(1).split())
+    has_bf16 = bool(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+    assert cpu_computes_bf16() == has_bf16
+    if not torch.cuda.is_available():
+        assert resolve_backend("auto") == ("openvino-bf16" if has_bf16 else "onnx-int8")
 
 
 def test_onnx_fp32_gives_the_torch_vectors(home, tiny_model):

@@ -312,7 +312,8 @@ class KbConfig(Section):
     overlap: int = Field(50, ge=0, description="Characters a chunk repeats from the end of the one before it.")
     backend: Literal["auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16"] = Field(
         "auto",
-        description="What runs the embedding model: auto = torch on a GPU, else the fastest CPU backend (onnx-int8); "
+        description="What runs the embedding model: auto = torch on a GPU, openvino-bf16 on a CPU with bf16 arithmetic "
+        "(AVX512-BF16 or AMX), else onnx-int8; "
         "chosen at the first `kb add` and kept, so queries are embedded as the chunks were.",
     )
     batch_size: int = Field(64, gt=0, description="Chunks embedded per batch.")

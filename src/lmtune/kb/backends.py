@@ -33,6 +33,15 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX), as OpenVINO, which would use it, reports it."""
+    try:
+        import openvino
+    except ImportError:
+        return False
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def export_folder(model_folder: str) -> Path:
     """$LMTUNE_HOME/embeddings/<name>-<hash>: one per model folder and weights file, so an updated model is exported anew."""
     folder = Path(model_folder)

@@ -20,20 +20,22 @@ from pathlib import Path
 import numpy as np
 
 from lmtune.errors import KbError, first_line
-from lmtune.kb.backends import BACKENDS, OnnxTransformer, cpu_count
+from lmtune.kb.backends import BACKENDS, OnnxTransformer, cpu_computes_bf16, cpu_count
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-DEFAULT_CPU_BACKEND = "onnx-int8"  # benchmarks/RESULTS.md (issue 26): the fastest on CPU, retrieval accuracy kept
 _LANGUAGE = re.compile(r"^language:\s*(.*?)\n(?=\w|---)", re.M | re.S)
 
 
 def resolve_backend(backend: str) -> str:
-    """`auto`: torch on a GPU, else the fastest CPU backend."""
+    """`auto`: torch on a GPU; on a CPU the fastest backend that keeps retrieval accuracy (benchmarks/RESULTS.md,
+    issue 26): openvino-bf16 where the CPU has bf16 arithmetic, else onnx-int8."""
     if backend != "auto":
         return backend
     import torch
 
-    return "torch" if torch.cuda.is_available() else DEFAULT_CPU_BACKEND
+    if torch.cuda.is_available():
+        return "torch"
+    return "openvino-bf16" if cpu_computes_bf16() else "onnx-int8"
 
 
 class Embedder:
