@@ -34,9 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_kb import paragraph
-
-CMRC = Path(__file__).resolve().parents[2] / "shared/reference/retrieval/cmrc2018/cmrc2018_dev.json"
+from bench_kb import CMRC, paragraph
 
 
 def write_cmrc(folder: Path) -> None:
